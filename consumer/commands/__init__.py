@@ -1,0 +1,1 @@
+"""One module per `gr-consumer` command."""
