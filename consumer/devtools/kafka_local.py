@@ -1,0 +1,315 @@
+"""A real Apache Kafka 4.x broker (KRaft, combined node) as a local Java process.
+
+Tests, benchmarks and the demo need a broker whose consumer-group behaviour is
+the reference one, on a machine without Docker. The jars come from Maven
+Central through `kafka/pom.xml` (resolved once, then cached); each broker gets
+its own data directory and free ports, and can be stopped and started again on
+the same data, which the fault tests need.
+
+Which cluster to use is decided by `open_cluster()`: `KAFKA_BOOTSTRAP_SERVERS`
+when set, else testcontainers when a Docker engine answers, else this broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+KAFKA_VERSION = "4.1.1"
+_HERE = resources.files("consumer.devtools") / "kafka"
+
+
+class KafkaLaunchError(RuntimeError):
+    """The local broker could not be resolved, formatted or started."""
+
+
+def cache_root() -> Path:
+    """Where jars (and other downloaded tools) are kept between runs."""
+    explicit = os.environ.get("GR_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "gr-s2s-consumer"
+
+
+def ensure_jars() -> Path:
+    """Resolve the broker's jars with Maven into the cache; a no-op when present."""
+    libs = cache_root() / f"kafka-{KAFKA_VERSION}" / "libs"
+    if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise KafkaLaunchError("Maven (mvn) is needed to fetch the Kafka jars; install it")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
+    with resources.as_file(_HERE / "pom.xml") as pom:
+        proc = subprocess.run(
+            [
+                "mvn", "-q", "-B", "-f", str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+            ],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    if proc.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise KafkaLaunchError(f"mvn could not resolve Kafka jars:\n{proc.stdout}\n{proc.stderr}")
+    try:
+        staging.rename(libs)
+    except OSError:  # another process won the race: theirs is as good as ours
+        shutil.rmtree(staging, ignore_errors=True)
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+@dataclass
+class LocalKafka:
+    """One combined broker+controller node; `start()` formats storage on first use."""
+
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gr-kafka-")))
+    port: int = field(default_factory=free_port)
+    controller_port: int = field(default_factory=free_port)
+    heap: str = "768m"
+    extra_properties: dict[str, str] = field(default_factory=dict)
+    _proc: subprocess.Popen[bytes] | None = None
+    _formatted: bool = False
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _properties(self) -> str:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": (
+                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "log.dirs": str(self.data_dir / "log"),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "12",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "num.partitions": "1",
+            "log.flush.interval.messages": "9223372036854775807",
+        }
+        props.update(self.extra_properties)
+        return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _java(self, libs: Path, *args: str) -> list[str]:
+        return ["java", "-cp", str(libs / "*"), *args]
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        if self.running:
+            return
+        libs = ensure_jars()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text(self._properties())
+        if not (self.data_dir / "log" / "meta.properties").exists():
+            fmt = subprocess.run(
+                self._java(
+                    libs, "kafka.tools.StorageTool", "format",
+                    "-t", uuid.uuid4().hex[:22], "-c", str(config), "--ignore-formatted",
+                ),
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if fmt.returncode != 0:
+                raise KafkaLaunchError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
+        with resources.as_file(_HERE / "log4j2.properties") as log_cfg:
+            cmd = [
+                "java", f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+                "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-Djava.awt.headless=true",
+                f"-Dkafka.logs.dir={self.data_dir}",
+                f"-Dlog4j2.configurationFile={log_cfg}",
+                "-cp", str(libs / "*"), "kafka.Kafka", str(config),
+            ]  # fmt: skip
+            out = (self.data_dir / "stdout.log").open("ab")
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            out.close()
+        self._wait_ready(timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise KafkaLaunchError(f"broker exited early; see {self.data_dir}/server.log")
+            if _port_open(self.port):
+                admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+                with contextlib.suppress(Exception):
+                    md = admin.list_topics(timeout=2)
+                    if md.brokers:
+                        return
+            time.sleep(0.1)
+        self.stop()
+        raise KafkaLaunchError(f"broker not ready in {timeout_s}s; see {self.data_dir}/server.log")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Clean shutdown (SIGTERM), the data directory is kept for `start()`."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._wait_port_free()
+
+    def kill(self) -> None:
+        """Hard stop (SIGKILL), as a crashed broker."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        self._wait_port_free()
+
+    def _wait_port_free(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _port_open(self.port):
+            time.sleep(0.05)
+
+    def restart(self, timeout_s: float = 60.0) -> None:
+        self.stop()
+        self.start(timeout_s)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalKafka:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def docker_available() -> bool:
+    """True when a Docker engine answers (the client alone is not enough)."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        proc = subprocess.run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"],
+            capture_output=True, timeout=5, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+@dataclass
+class Cluster:
+    """A bootstrap address and, when we started it, the handle that controls it."""
+
+    bootstrap: str
+    kind: str  # "external" | "testcontainers" | "local"
+    local: LocalKafka | None = None
+
+
+@contextlib.contextmanager
+def open_cluster() -> Iterator[Cluster]:
+    """The cluster to use, in the documented order; stops what it started."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield Cluster(external, "external")
+        return
+    if os.environ.get("GR_KAFKA_NO_DOCKER") != "1" and docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer(f"apache/kafka:{KAFKA_VERSION}").with_kraft() as container:
+            yield Cluster(container.get_bootstrap_server(), "testcontainers")
+        return
+    broker = LocalKafka()
+    broker.start()
+    try:
+        yield Cluster(broker.bootstrap, "local", broker)
+    finally:
+        broker.destroy()
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 1, **config: str) -> None:
+    """Create a topic and wait until every partition has a leader."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config)]
+    )
+    for fut in futures.values():
+        fut.result(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        md = admin.list_topics(name, timeout=5).topics.get(name)
+        if md is not None and md.error is None and len(md.partitions) == partitions:
+            if all(p.leader >= 0 for p in md.partitions.values()):
+                return
+        time.sleep(0.05)
+    raise KafkaLaunchError(f"topic {name} has no leaders after 30 s")
+
+
+_RETRIABLE_COORDINATOR_ERRORS = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT")
+
+
+def committed_with_retry(
+    consumer: Any, partitions: list[Any], timeout_s: float = 30.0
+) -> list[Any]:
+    """`Consumer.committed`, retried while the group coordinator is still loading.
+
+    Right after a broker (re)start the offsets topic loads asynchronously and
+    the coordinator answers NOT_COORDINATOR for a while.
+    """
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result: list[Any] = consumer.committed(partitions, timeout=5)
+            return result
+        except KafkaException as exc:
+            retriable = any(e in str(exc) for e in _RETRIABLE_COORDINATOR_ERRORS)
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
