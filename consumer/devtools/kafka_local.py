@@ -283,9 +283,13 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, **config: str) 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         md = admin.list_topics(name, timeout=5).topics.get(name)
-        if md is not None and md.error is None and len(md.partitions) == partitions:
-            if all(p.leader >= 0 for p in md.partitions.values()):
-                return
+        if (
+            md is not None
+            and md.error is None
+            and len(md.partitions) == partitions
+            and all(p.leader >= 0 for p in md.partitions.values())
+        ):
+            return
         time.sleep(0.05)
     raise KafkaLaunchError(f"topic {name} has no leaders after 30 s")
 

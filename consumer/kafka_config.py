@@ -1,0 +1,88 @@
+"""librdkafka configurations for the service's clients, built from Settings.
+
+The settings the service relies on for correctness are set here, in one
+place, and cannot be overridden by the `KAFKA_*` pass-through (config.py
+refuses them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from consumer.config import Settings
+from consumer.errors import ConfigError
+
+
+def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "partition.assignment.strategy": "cooperative-sticky",
+        "auto.offset.reset": "earliest",
+        # Bound librdkafka's prefetch: memory stays within configuration.
+        "queued.max.messages.kbytes": 16384,
+        "fetch.max.bytes": 16 * 1024 * 1024,
+        "max.poll.interval.ms": 300000,
+        "session.timeout.ms": 45000,
+        "client.id": f"gr-s2s-consumer-{os.getpid()}",
+    }
+    conf.update(settings.kafka_common())
+    if conf.get("group.protocol") == "consumer":
+        # KIP-848: assignment and session timing are the broker's business now.
+        for key in ("partition.assignment.strategy", "session.timeout.ms"):
+            conf.pop(key, None)
+    conf.update(
+        {
+            "group.id": settings.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+        }
+    )
+    conf.update(overrides)
+    return conf
+
+
+_CONSUMER_ONLY = re.compile(
+    r"^(group\.|partition\.assignment|session\.timeout|heartbeat|max\.poll|auto\.offset|"
+    r"fetch\.|queued\.|isolation\.level|check\.crcs|enable\.auto|auto\.commit|"
+    r"coordinator\.query|consume\.|allow\.auto\.create)"
+)
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """The DLQ producer: idempotent, acks=all, so an acknowledged DLQ write is durable."""
+    conf: dict[str, Any] = {
+        k: v for k, v in settings.kafka_common().items() if not _CONSUMER_ONLY.match(k)
+    }
+    conf.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "client.id": f"gr-s2s-consumer-dlq-{os.getpid()}",
+        }
+    )
+    conf.update(overrides)
+    return conf
+
+
+_PROPERTY = re.compile(r'property[^"]*"([^"]+)"')
+
+
+def validate_librdkafka(settings: Settings) -> None:
+    """Let librdkafka itself judge the pass-through settings; name the variable it rejects."""
+    from confluent_kafka import Consumer, KafkaException
+
+    conf = consumer_config(settings, log_level=0)
+    try:
+        client = Consumer(conf)
+    except (KafkaException, ValueError, TypeError) as exc:
+        text = str(exc)
+        match = _PROPERTY.search(text)
+        key = match.group(1) if match else None
+        variable = "KAFKA_" + key.upper().replace(".", "_") if key else "KAFKA_*"
+        for secret in settings.librdkafka_secrets().values():
+            text = text.replace(secret, "***")
+        raise ConfigError(variable, f"rejected by librdkafka: {text}") from None
+    client.close()
