@@ -437,7 +437,11 @@ def test_outage_refuses_connections_then_recovers_on_the_same_port(sim: Simulato
     sim.set_outage(True)
     assert sim.outage
 
-    # The open keep-alive connection is cut off...
+    # The idle keep-alive connection is cut off at once (EOF, not a timeout)...
+    assert conn.sock is not None
+    conn.sock.settimeout(2)
+    assert conn.sock.recv(1) == b""
+
     def send_again() -> None:
         conn.request("POST", EVENT, body=orjson.dumps(make_event(1)), headers=headers)
         conn.getresponse().read()
