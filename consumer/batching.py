@@ -1,0 +1,143 @@
+"""Per-partition batches, built without I/O.
+
+A partition's valid events wait here in read order. `take()` hands out the next
+request when it is due: full by count or bytes, its linger time run out, a
+session event waiting behind it (a barrier: what comes before a session event
+is sent first, then the session event alone), or a flush. The worker keeps one
+request in flight per partition, so the API sees each partition in order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from consumer.events import Route
+
+Ref = TypeVar("Ref")
+
+_PREFIX = b'{"events":['
+_SUFFIX = b"]}"
+# bytes a batch body adds around n events: prefix, suffix and n-1 commas
+WRAPPER_BYTES = len(_PREFIX) + len(_SUFFIX) - 1
+
+
+def batch_body(raws: list[bytes]) -> bytes:
+    """The request body: each event's validated original bytes, spliced, never re-encoded."""
+    return _PREFIX + b",".join(raws) + _SUFFIX
+
+
+def body_size(count: int, payload_bytes: int) -> int:
+    return WRAPPER_BYTES + payload_bytes + count
+
+
+@dataclass(frozen=True, slots=True)
+class Item(Generic[Ref]):
+    """One valid event: its offset, original bytes, where it goes, and the caller's handle."""
+
+    offset: int
+    raw: bytes
+    route: Route
+    ref: Ref
+    arrived: float
+
+
+@dataclass(slots=True)
+class Batch(Generic[Ref]):
+    """One request's worth of events, in partition order."""
+
+    route: Route
+    items: list[Item[Ref]]
+
+    @property
+    def body(self) -> bytes:
+        if self.route is Route.BATCH:
+            return batch_body([i.raw for i in self.items])
+        return self.items[0].raw
+
+    @property
+    def offsets(self) -> list[int]:
+        return [i.offset for i in self.items]
+
+    def split(self) -> tuple[Batch[Ref], Batch[Ref]]:
+        """Two halves, in order, for finding the events a 400 rejected."""
+        mid = len(self.items) // 2
+        return Batch(self.route, self.items[:mid]), Batch(self.route, self.items[mid:])
+
+
+class PartitionBatcher(Generic[Ref]):
+    """The waiting events of one partition and the rules for cutting requests."""
+
+    __slots__ = ("_bytes", "_items", "_linger_s", "_max_bytes", "_max_events", "_sessions")
+
+    def __init__(self, max_events: int, max_bytes: int, linger_s: float) -> None:
+        if not 1 <= max_events <= 100:
+            raise ValueError("max_events must be 1..100")
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._linger_s = linger_s
+        self._items: deque[Item[Ref]] = deque()
+        self._bytes = 0
+        self._sessions = 0
+
+    def add(self, item: Item[Ref]) -> None:
+        if body_size(1, len(item.raw)) > self._max_bytes:
+            raise ValueError(f"event of {len(item.raw)} bytes can never fit the byte cap")
+        self._items.append(item)
+        self._bytes += len(item.raw)
+        if item.route is not Route.BATCH:
+            self._sessions += 1
+
+    @property
+    def pending_events(self) -> int:
+        return len(self._items)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the head batch is due (0 when due now); None when empty."""
+        if not self._items:
+            return None
+        if (
+            self._sessions
+            or len(self._items) >= self._max_events
+            or body_size(len(self._items), self._bytes) >= self._max_bytes
+        ):
+            return 0.0
+        return max(0.0, self._items[0].arrived + self._linger_s - now)
+
+    def take(self, now: float, flush: bool = False) -> Batch[Ref] | None:
+        """The next request if it is due (or `flush`), removed from the queue."""
+        due = self.due_in(now)
+        if due is None or (due > 0 and not flush):
+            return None
+        items = self._items
+        head = items.popleft()
+        self._bytes -= len(head.raw)
+        if head.route is not Route.BATCH:
+            self._sessions -= 1
+            return Batch(head.route, [head])
+        taken = [head]
+        size = body_size(1, len(head.raw))
+        while items and len(taken) < self._max_events:
+            nxt = items[0]
+            if nxt.route is not Route.BATCH:
+                break
+            grown = size + len(nxt.raw) + 1
+            if grown > self._max_bytes:
+                break
+            size = grown
+            taken.append(items.popleft())
+            self._bytes -= len(nxt.raw)
+        return Batch(Route.BATCH, taken)
+
+    def clear(self) -> list[Item[Ref]]:
+        """Drop everything (partition revoked); returns what was dropped."""
+        dropped = list(self._items)
+        self._items.clear()
+        self._bytes = 0
+        self._sessions = 0
+        return dropped

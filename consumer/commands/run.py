@@ -1,0 +1,47 @@
+"""`gr-consumer run`: the service, configured by the environment (CONTRACT section 7)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from consumer import config
+from consumer.errors import ConfigError
+from consumer.kafka_config import validate_librdkafka
+
+log = logging.getLogger("consumer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "All settings come from the environment; see `gr-consumer check-config`."
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = config.load(os.environ)
+        validate_librdkafka(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+def serve(settings: config.Settings) -> int:
+    """Run a worker with its ops endpoints until SIGTERM/SIGINT; returns the exit code."""
+    from consumer.observe import Health, Metrics, OpsServer, setup_logging
+    from consumer.worker import Worker
+
+    secrets = [settings.api_key.read().reveal(), *settings.librdkafka_secrets().values()]
+    setup_logging(settings.log_level, settings.log_format, secrets)
+    metrics, health = Metrics(), Health()
+    ops = OpsServer(settings.http_port, metrics, health)
+    ops.start()
+    log.info("ops endpoints listening", extra={"port": ops.port})
+    worker = Worker(settings, metrics=metrics, health=health)
+    worker.install_signal_handlers()
+    try:
+        return worker.run()
+    finally:
+        ops.stop()

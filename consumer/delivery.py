@@ -1,0 +1,192 @@
+"""One batch through the API until every event in it is accepted or rejected.
+
+Runs on a delivery thread. Transient trouble (5xx, timeouts, refused
+connections, 429, a refused key) is retried by tenacity, forever, with the
+wait each cause calls for; only the worker can stop it, by cancelling the job
+(partition revoked, shutdown deadline). A 400 splits the batch, in order,
+until the rejected events stand alone: those come back as rejections for the
+DLQ, the rest as accepted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_never,
+    wait_random_exponential,
+)
+
+from consumer.batching import Batch, Item, Ref
+from consumer.errors import GrError
+from consumer.pacing import Pacer, RateLimitHeaders
+from consumer.policy import Action, decide, wait_after_429
+from consumer.s2s import Response, TransportError
+
+MAX_DETAIL_BYTES = 1024
+
+
+class JobAbandonedError(GrError):
+    """The worker gave up on this job (revoked partition or shutdown): no result counts."""
+
+
+class _SendAgainError(GrError):
+    """Send the same request again; `wait_s` when the answer said how long to wait."""
+
+    def __init__(self, reason: str, wait_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait_s = wait_s
+
+
+class Poster(Protocol):
+    def post(self, route: Any, body: bytes) -> Response: ...
+    def reload_key(self) -> None: ...
+
+
+class Observer(Protocol):
+    """What delivery reports as it goes (metrics and readiness)."""
+
+    def on_response(self, endpoint: str, status: int, elapsed_s: float) -> None: ...
+    def on_retry(self, reason: str) -> None: ...
+    def on_key_rejected(self, status: int) -> None: ...
+    def on_key_ok(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection(Generic[Ref]):
+    item: Item[Ref]
+    status: int
+    detail: str
+
+
+@dataclass(slots=True)
+class DeliveryJob(Generic[Ref]):
+    key: Any  # the worker's partition key, (topic, partition)
+    batch: Batch[Ref]
+    generation: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, unless the worker gives up on this job first."""
+        if (seconds > 0 and self.cancel.wait(seconds)) or self.cancel.is_set():
+            raise JobAbandonedError("job cancelled")
+
+
+@dataclass(slots=True)
+class DeliveryResult(Generic[Ref]):
+    job: DeliveryJob[Ref]
+    accepted: list[Item[Ref]] = field(default_factory=list)
+    rejected: list[Rejection[Ref]] = field(default_factory=list)
+    requests: int = 0
+    abandoned: bool = False
+    error: BaseException | None = None
+
+
+def _detail(resp: Response) -> str:
+    text = resp.body.decode("utf-8", "replace").strip() or f"HTTP {resp.status}"
+    encoded = text.encode()[:MAX_DETAIL_BYTES]
+    return encoded.decode("utf-8", "ignore")
+
+
+class Deliverer:
+    """Shared by the delivery threads; holds no per-job state."""
+
+    def __init__(
+        self,
+        client: Poster,
+        pacer: Pacer,
+        observer: Observer,
+        *,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 30.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._pacer = pacer
+        self._observer = observer
+        self._wall = wall
+        self._backoff = wait_random_exponential(multiplier=retry_initial_s, max=retry_max_s)
+        self._retry_initial_s = retry_initial_s
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _SendAgainError) and exc.wait_s is not None:
+            return exc.wait_s
+        # Full jitter, but never (almost) zero: a floor of the initial wait.
+        return max(self._retry_initial_s / 2, float(self._backoff(state)))
+
+    def deliver(self, job: DeliveryJob[Ref]) -> DeliveryResult[Ref]:
+        result: DeliveryResult[Ref] = DeliveryResult(job)
+        try:
+            todo = [job.batch]
+            while todo:
+                batch = todo.pop(0)
+                resp = self._send(job, batch, result)
+                action = decide(resp.status, len(batch.items))
+                if action is Action.ACCEPT:
+                    result.accepted.extend(batch.items)
+                elif action is Action.SPLIT:
+                    todo[0:0] = batch.split()
+                else:  # REJECT: a lone event the API refuses
+                    result.rejected.append(Rejection(batch.items[0], resp.status, _detail(resp)))
+        except JobAbandonedError:
+            result.abandoned = True
+        except Exception as exc:  # noqa: BLE001  # a bug: the worker logs it and retries the batch
+            result.error = exc
+        return result
+
+    def _send(
+        self, job: DeliveryJob[Ref], batch: Batch[Ref], result: DeliveryResult[Ref]
+    ) -> Response:
+        retrying = Retrying(
+            retry=retry_if_exception_type(_SendAgainError),
+            wait=self._wait,
+            stop=stop_never,
+            sleep=job.sleep,
+            reraise=True,
+            before_sleep=lambda state: self._observer.on_retry(
+                state.outcome.exception().reason  # type: ignore[union-attr]
+                if state.outcome
+                else "unknown"
+            ),
+        )
+        body = batch.body
+        for attempt in retrying:
+            with attempt:
+                job.sleep(self._pacer.reserve())
+                result.requests += 1
+                return self._attempt(batch, body)
+        raise AssertionError("unreachable: tenacity retries forever")  # pragma: no cover
+
+    def _attempt(self, batch: Batch[Ref], body: bytes) -> Response:
+        endpoint = batch.route.value
+        try:
+            resp = self._client.post(batch.route, body)
+        except TransportError as exc:
+            self._observer.on_response(endpoint, 0, 0.0)
+            raise _SendAgainError("transport") from exc
+        self._observer.on_response(endpoint, resp.status, resp.elapsed_s)
+        rl = RateLimitHeaders.parse(resp.headers)
+        if rl is not None:
+            self._pacer.observe(rl)
+        action = decide(resp.status, len(batch.items))
+        if action is Action.HALT:
+            self._observer.on_key_rejected(resp.status)
+            self._client.reload_key()
+            raise _SendAgainError(f"key_{resp.status}")
+        if action is Action.WAIT:
+            wait = wait_after_429(resp.headers, self._wall(), fallback_s=1.0)
+            self._pacer.hold(wait)
+            raise _SendAgainError("rate_limited", wait)
+        if action is Action.RETRY:
+            raise _SendAgainError(f"status_{resp.status // 100}xx")
+        self._observer.on_key_ok()
+        return resp

@@ -1,0 +1,251 @@
+"""What the service tells operators: Prometheus metrics, health and readiness, JSON logs.
+
+`/healthz` says the main loop is turning (a stuck loop gets the pod
+restarted). `/readyz` says the worker has joined its group and can deliver;
+when it cannot (key refused, shutting down) it answers 503 with the reason.
+An idle member (more workers than partitions) is ready: failing it would stall
+a rolling update whose surge pod happens to get no partition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("consumer")
+
+
+class Metrics:
+    """Every metric the service exports, on its own registry (tests get a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.events_consumed = Counter(
+            "gr_events_consumed", "Records read from Kafka", ["topic"], registry=r
+        )
+        self.events_delivered = Counter(
+            "gr_events_delivered", "Events the API accepted (200)", registry=r
+        )
+        self.events_dead_lettered = Counter(
+            "gr_events_dead_lettered", "Records acknowledged in the DLQ", ["reason"], registry=r
+        )
+        self.api_requests = Counter(
+            "gr_api_requests", "API requests by answer", ["endpoint", "status"], registry=r
+        )
+        self.batch_size = Histogram(
+            "gr_batch_size_events",
+            "Events per accepted request",
+            buckets=(1, 2, 5, 10, 20, 50, 80, 99, 100),
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "gr_api_request_seconds",
+            "API request latency",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.retries = Counter(
+            "gr_delivery_retries", "Requests sent again, by cause", ["reason"], registry=r
+        )
+        self.pauses = Counter(
+            "gr_partition_pauses", "Times a partition was paused", ["cause"], registry=r
+        )
+        self.partitions_paused = Gauge("gr_partitions_paused", "Partitions paused now", registry=r)
+        self.partitions_assigned = Gauge(
+            "gr_partitions_assigned", "Partitions owned now", registry=r
+        )
+        self.commit_lag = Gauge(
+            "gr_commit_lag",
+            "Records read but not yet committable",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.commits = Counter("gr_commits", "Offset commits by result", ["result"], registry=r)
+        self.rate_limit_remaining = Gauge(
+            "gr_rate_limit_remaining", "X-RateLimit-Remaining last seen", registry=r
+        )
+        self.buffered_bytes = Gauge(
+            "gr_buffered_bytes", "Event bytes held in memory awaiting delivery", registry=r
+        )
+        self.rebalances = Counter(
+            "gr_rebalances", "Rebalance callbacks by kind", ["kind"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Health:
+    """Liveness and readiness, set from any thread."""
+
+    def __init__(self, stale_after_s: float = 60.0) -> None:
+        self._lock = threading.Lock()
+        self._beat = time.monotonic()
+        self._stale_after = stale_after_s
+        self._joined = False
+        self._key_problem: str | None = None
+        self._stopping = False
+
+    def beat(self) -> None:
+        self._beat = time.monotonic()
+
+    def joined(self) -> None:
+        self._joined = True
+
+    def key_rejected(self, status: int) -> None:
+        with self._lock:
+            if self._key_problem is None:
+                log.error("api key refused; delivery halted", extra={"status": status})
+            self._key_problem = f"API key refused ({status}); delivery halted, retrying"
+
+    def key_ok(self) -> None:
+        if self._key_problem is not None:
+            with self._lock:
+                if self._key_problem is not None:
+                    log.warning("api key accepted again; delivery resumed")
+                self._key_problem = None
+
+    def stopping(self) -> None:
+        self._stopping = True
+
+    @property
+    def halted(self) -> bool:
+        return self._key_problem is not None
+
+    def live(self) -> tuple[bool, str]:
+        age = time.monotonic() - self._beat
+        if age > self._stale_after:
+            return False, f"main loop stalled for {age:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self._stopping:
+            return False, "shutting down"
+        if not self._joined:
+            return False, "not yet joined the consumer group"
+        problem = self._key_problem
+        if problem is not None:
+            return False, problem
+        return True, "ok"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    metrics: ClassVar[Metrics]
+    health: ClassVar[Health]
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path == "/metrics":
+            self._send(200, self.metrics.render(), CONTENT_TYPE_LATEST)
+        elif self.path in ("/healthz", "/readyz"):
+            ok, reason = self.health.live() if self.path == "/healthz" else self.health.ready()
+            body = orjson.dumps({"status": "ok" if ok else "unavailable", "reason": reason})
+            self._send(200 if ok else 503, body, "application/json")
+        else:
+            self._send(404, b'{"error":"not found"}', "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds are not news."""
+
+
+class OpsServer:
+    """/healthz, /readyz and /metrics on GR_HTTP_PORT (0 picks a free port)."""
+
+    def __init__(self, port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> None:
+        handler = type("Handler", (_Handler,), {"metrics": metrics, "health": health})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="ops-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.server_address[1]
+        return port
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# ---- logging ----
+
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class _Redactor(logging.Filter):
+    """Last line of defence: any registered secret in a log line becomes '***'."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            text = record.getMessage()
+            for secret in self._secrets:
+                if secret in text:
+                    text = text.replace(secret, "***")
+            record.msg, record.args = text, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = {
+            k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")
+        }
+        line = f"{self.formatTime(record)} {record.levelname:<7} {record.getMessage()}"
+        if extras:
+            line += " " + json.dumps(extras, default=str)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(level: str, fmt: str, secrets: list[str]) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_Redactor(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

@@ -1,0 +1,79 @@
+"""Which offset of a partition may be committed: the one rule of at-least-once.
+
+A record counts as finished when the API accepted it (200) or the DLQ
+acknowledged it. The committable offset is one past the longest finished
+prefix of what was read: everything below it is finished, so committing it
+loses nothing, whatever order deliveries and DLQ acknowledgements come back in.
+Pure bookkeeping, no Kafka: the worker feeds it and commits what it says.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+
+class PartitionOffsets:
+    """Offsets read from one partition and not yet finished, in read order."""
+
+    __slots__ = ("_committed", "_done", "_last_read", "_outstanding")
+
+    def __init__(self) -> None:
+        self._outstanding: deque[int] = deque()
+        self._done: set[int] = set()
+        self._last_read: int | None = None
+        self._committed: int | None = None
+
+    def read(self, offset: int) -> None:
+        """Register a record as read; offsets must grow (gaps are fine: compaction)."""
+        if self._last_read is not None and offset <= self._last_read:
+            raise ValueError(f"offset {offset} read after {self._last_read}")
+        self._last_read = offset
+        self._outstanding.append(offset)
+
+    def finish(self, offset: int) -> None:
+        self._done.add(offset)
+        self._advance()
+
+    def finish_many(self, offsets: Iterable[int]) -> None:
+        self._done.update(offsets)
+        self._advance()
+
+    def _advance(self) -> None:
+        outstanding, done = self._outstanding, self._done
+        while outstanding and outstanding[0] in done:
+            done.discard(outstanding.popleft())
+
+    @property
+    def committable(self) -> int | None:
+        """The offset to commit (the next one to read), or None before the first read.
+
+        With records outstanding it is the first unfinished one: everything
+        below it is finished, or was below where reading started.
+        """
+        if self._outstanding:
+            return self._outstanding[0]
+        return None if self._last_read is None else self._last_read + 1
+
+    @property
+    def outstanding(self) -> int:
+        """Records read but not yet finished (the commit lag, in records)."""
+        return len(self._outstanding)
+
+    @property
+    def last_read(self) -> int | None:
+        return self._last_read
+
+    def mark_committed(self, offset: int) -> None:
+        self._committed = offset
+
+    @property
+    def committed(self) -> int | None:
+        return self._committed
+
+    def needs_commit(self) -> int | None:
+        """The committable offset if it moved past the last commit, else None."""
+        target = self.committable
+        if target is None or (self._committed is not None and target <= self._committed):
+            return None
+        return target

@@ -1,0 +1,113 @@
+"""Small, real Kafka I/O for tests: produce records, read a topic back, read commits."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from consumer.devtools.kafka_local import committed_with_retry
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes | None],
+    *,
+    partition: int | None = None,
+    partitions: int | None = None,
+    keys: Iterable[bytes | None] | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> int:
+    """Produce in order; `partitions` spreads round-robin, `partition` pins one."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    key_iter = iter(keys) if keys is not None else None
+    count = 0
+    for i, value in enumerate(values):
+        kwargs: dict[str, Any] = {"value": value}
+        if key_iter is not None:
+            kwargs["key"] = next(key_iter)
+        if partition is not None:
+            kwargs["partition"] = partition
+        elif partitions is not None:
+            kwargs["partition"] = i % partitions
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                producer.produce(topic, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        count += 1
+    assert producer.flush(60) == 0
+    return count
+
+
+def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 30) -> list[Record]:
+    """Every record of a topic (waiting for `expect` of them), without a group commit."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    idle_since = time.monotonic()
+    while time.monotonic() < deadline:
+        msgs = consumer.consume(500, 0.2)
+        for m in msgs:
+            if m.error() is None:
+                out.append(
+                    Record(
+                        m.topic(), m.partition(), m.offset(), m.key(), m.value(),
+                        {k: v for k, v in (m.headers() or [])},
+                    )
+                )  # fmt: skip
+        if msgs:
+            idle_since = time.monotonic()
+        if expect is not None and len(out) >= expect:
+            break
+        if expect is None and time.monotonic() - idle_since > 3:
+            break
+    consumer.close()
+    return out
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    """The group's committed offset per partition (-1001 when none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = committed_with_retry(consumer, [TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        consumer.close()
+    return [tp.offset for tp in tps]
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
+    try:
+        return [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        ]
+    finally:
+        consumer.close()
