@@ -30,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(
-        orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+        orjson.dumps(
+            settings.redacted(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+        ).decode()
         + "\n"
     )
     return 0

@@ -272,7 +272,8 @@ def open_cluster() -> Iterator[Cluster]:
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1, **config: str) -> None:
     """Create a topic and wait until every partition has a leader."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
@@ -294,7 +295,11 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, **config: str) 
     raise KafkaLaunchError(f"topic {name} has no leaders after 30 s")
 
 
-_RETRIABLE_COORDINATOR_ERRORS = ("NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT")
+_RETRIABLE_COORDINATOR_ERRORS = (
+    "NOT_COORDINATOR",
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "COORDINATOR_NOT",
+)
 
 
 def committed_with_retry(
