@@ -28,6 +28,10 @@ class PartitionOffsets:
         """Register a record as read; offsets must grow (gaps are fine: compaction)."""
         if self._last_read is not None and offset <= self._last_read:
             raise ValueError(f"offset {offset} read after {self._last_read}")
+        if self._last_read is None and self._committed is None:
+            # Where reading started is where the group already stands: committing
+            # it again says nothing new, so it is not worth a commit.
+            self._committed = offset
         self._last_read = offset
         self._outstanding.append(offset)
 

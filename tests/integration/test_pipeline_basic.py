@@ -10,7 +10,7 @@ from consumer.devtools.simulator import Simulator
 from tests.conftest import TopicFactory
 from tests.integration.conftest import RunningWorker, SettingsFactory, wait_for
 from tests.support.events import encode, seq_of, transaction
-from tests.support.kafka_io import committed, produce, read_all
+from tests.support.kafka_io import committed, produce
 
 pytestmark = pytest.mark.integration
 

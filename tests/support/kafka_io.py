@@ -34,7 +34,9 @@ def produce(
     headers: list[tuple[str, bytes]] | None = None,
 ) -> int:
     """Produce in order; `partitions` spreads round-robin, `partition` pins one."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
     key_iter = iter(keys) if keys is not None else None
     count = 0
     for i, value in enumerate(values):
@@ -58,7 +60,9 @@ def produce(
     return count
 
 
-def read_all(bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 30) -> list[Record]:
+def read_all(
+    bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 30
+) -> list[Record]:
     """Every record of a topic (waiting for `expect` of them), without a group commit."""
     consumer = Consumer(
         {
