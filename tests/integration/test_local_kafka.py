@@ -41,7 +41,7 @@ def test_group_consume_commit_and_read_back(bootstrap: str, make_topic: TopicFac
     for _ in range(100):
         for msg in consumer.consume(100, timeout=0.5):
             assert msg.error() is None
-            seen.append(msg.value())
+            seen.append(msg.value() or b"")
         if len(seen) >= 30:
             break
     assert sorted(seen) == sorted(f"v{i}".encode() for i in range(30))

@@ -77,13 +77,13 @@ def read_all(
     deadline = time.monotonic() + timeout_s
     idle_since = time.monotonic()
     while time.monotonic() < deadline:
-        msgs = consumer.consume(500, 0.2)
+        msgs: list[Any] = consumer.consume(500, 0.2)
         for m in msgs:
             if m.error() is None:
                 out.append(
                     Record(
                         m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                        {k: v for k, v in (m.headers() or [])},
+                        dict(m.headers() or []),
                     )
                 )  # fmt: skip
         if msgs:
