@@ -23,7 +23,9 @@ for every event of an unknown type before a second decode can accept it, and
 the known types are a third of the vendor's list.
 
 Duplicate keys: the last one wins, as in orjson, Python's json, JavaScript
-and Go, so the route is taken from the `event_type` that the API will read.
+and Go, so the route and the payload check follow the `event_type` and the
+`payload` that the API will read. (msgspec also checks earlier occurrences of
+a field inside a checked object, so those may be refused too.)
 
 Nesting deeper than the interpreter's recursion limit (about 1,000 levels,
 less the caller's stack depth) is `invalid_json`.
@@ -453,14 +455,16 @@ class EventDecoder:
 
     def decode(self, value: bytes | None) -> Valid | Poison:
         """Classify one record value. Never raises an Exception."""
-        if not value:
-            return _EMPTY_NONE if value is None else _EMPTY_BYTES
-        if len(value) > self._max_bytes:
-            return Poison(
-                "too_large",
-                f"value is {len(value)} bytes, over the limit of {self._max_bytes} bytes",
-            )
+        if value is None:
+            return _EMPTY_NONE
         try:
+            if not value:
+                return _EMPTY_BYTES
+            if len(value) > self._max_bytes:
+                return Poison(
+                    "too_large",
+                    f"value is {len(value)} bytes, over the limit of {self._max_bytes} bytes",
+                )
             if not value.isascii():
                 value.decode("utf-8")  # strict: refuses surrogates and overlong forms too
             envelope = _ENVELOPE_DECODER.decode(value)

@@ -1,0 +1,788 @@
+"""The record decoder: every rule with a passing and a failing example, every
+poison reason, hostile input, and properties over arbitrary bytes and JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consumer import events
+from consumer.events import (
+    DETAIL_MAX_BYTES,
+    KNOWN_EVENT_TYPES,
+    ROUTES,
+    EventDecoder,
+    Poison,
+    Route,
+    Valid,
+    cap_detail,
+)
+
+# The contract's example (section 3), byte for byte.
+CONTRACT_EXAMPLE = b"""{"event_type": "transaction",
+ "identifiers": {"player_id": "player-12345", "device_id": "device-uuid"},
+ "utm": {"source": "facebook", "medium": "cpc", "campaign": "summer_2026"},
+ "payload": {"amount": 4.99, "currency": "USD", "type": "iap",
+             "description": "Premium Sword", "status": "success", "usd_value": 4.99}}"""
+
+IDENTIFIERS = {"player_id": "player-12345", "device_id": "device-uuid"}
+UTM = {"source": "facebook", "medium": "cpc", "campaign": "summer_2026"}
+
+# What the vendor client's calls put on the wire:
+# track_impression("summer_2026", placement="main_menu", creative_id="banner_a"), etc.
+EXAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
+    "transaction": {"amount": 4.99, "currency": "USD", "type": "iap", "usd_value": 4.99},
+    "impression": {"campaign_id": "summer_2026", "placement": "main_menu", "creative_id": "a"},
+    "click": {"campaign_id": "summer_2026", "placement": "main_menu", "creative_id": "a"},
+    "conversion": {"campaign_id": "summer_2026", "conversion_type": "purchase", "value": 4.99},
+    "feature_use": {
+        "feature_name": "inventory",
+        "category": "menu",
+        "type": "ui",
+        "time_spent": 12.5,
+        "completion_status": "completed",
+    },
+    "session_start": {"session_id": "8f14e45f-ceea-467a-9575-0c4e1c2b7d1a"},
+    "session_stop": {"session_id": "8f14e45f-ceea-467a-9575-0c4e1c2b7d1a"},
+    "session_end": {"session_id": "8f14e45f-ceea-467a-9575-0c4e1c2b7d1a", "reason": "normal"},
+}
+EXPECTED_ROUTES = {
+    "transaction": Route.BATCH,
+    "impression": Route.BATCH,
+    "click": Route.BATCH,
+    "conversion": Route.BATCH,
+    "feature_use": Route.BATCH,
+    "session_start": Route.SESSION_START,
+    "session_stop": Route.SESSION_STOP,
+    "session_end": Route.SESSION_END,
+}
+
+DECODER = EventDecoder()
+STRICT = EventDecoder(strict_types=True)
+
+
+def event(event_type: Any, payload: Any, **extra: Any) -> bytes:
+    """An envelope as a producer would write it (keys in insertion order)."""
+    doc = {"event_type": event_type, "payload": payload, **extra}
+    return json.dumps(doc).encode()
+
+
+def with_payload(event_type: str, **changes: Any) -> bytes:
+    """The example payload of `event_type` with fields replaced (a `...` value removes one)."""
+    payload = dict(EXAMPLE_PAYLOADS[event_type])
+    for key, value in changes.items():
+        if value is ...:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return event(event_type, payload, identifiers=IDENTIFIERS)
+
+
+def assert_valid(result: Valid | Poison, value: bytes, event_type: str, route: Route) -> None:
+    assert isinstance(result, Valid), result
+    assert result.event_type == event_type
+    assert result.route is route
+    assert result.raw is value
+
+
+def assert_poison(result: Valid | Poison, reason: str, *needles: str) -> Poison:
+    assert isinstance(result, Poison), result
+    assert result.reason == reason, result
+    assert result.detail
+    assert len(result.detail.encode("utf-8")) <= DETAIL_MAX_BYTES
+    for needle in needles:
+        assert needle in result.detail, (needle, result.detail)
+    return result
+
+
+# --------------------------------------------------------------------------
+# The public surface
+# --------------------------------------------------------------------------
+
+
+def test_routes_are_the_contract_paths() -> None:
+    assert Route.BATCH.value == "/api/v1/events"
+    assert Route.SESSION_START.value == "/api/v1/sessions/start"
+    assert Route.SESSION_STOP.value == "/api/v1/sessions/stop"
+    assert Route.SESSION_END.value == "/api/v1/sessions/end"
+    assert ROUTES == EXPECTED_ROUTES
+    assert set(KNOWN_EVENT_TYPES) == set(EXAMPLE_PAYLOADS)
+
+
+def test_results_are_immutable_values() -> None:
+    valid = Valid("click", Route.BATCH, b"{}")
+    poison = Poison("too_large", "x")
+    with pytest.raises(AttributeError):
+        valid.event_type = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        poison.reason = "invalid_json"  # type: ignore[misc]
+    assert valid == Valid("click", Route.BATCH, b"{}")
+    assert hash(poison) == hash(Poison("too_large", "x"))
+
+
+@pytest.mark.parametrize("max_bytes", [0, -1, True, 1.5, "100"])
+def test_max_bytes_must_be_a_positive_int(max_bytes: Any) -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        EventDecoder(max_bytes=max_bytes)
+
+
+def test_settings_are_readable() -> None:
+    decoder = EventDecoder(max_bytes=10, strict_types=True)
+    assert decoder.max_bytes == 10
+    assert decoder.strict_types is True
+    assert DECODER.max_bytes == 262_144
+    assert DECODER.strict_types is False
+
+
+# --------------------------------------------------------------------------
+# Valid events
+# --------------------------------------------------------------------------
+
+
+def test_contract_example_is_a_batched_transaction() -> None:
+    assert_valid(DECODER.decode(CONTRACT_EXAMPLE), CONTRACT_EXAMPLE, "transaction", Route.BATCH)
+    assert_valid(STRICT.decode(CONTRACT_EXAMPLE), CONTRACT_EXAMPLE, "transaction", Route.BATCH)
+
+
+@pytest.mark.parametrize("event_type", sorted(EXAMPLE_PAYLOADS))
+def test_every_known_type_passes_and_is_routed(event_type: str) -> None:
+    value = event(event_type, EXAMPLE_PAYLOADS[event_type], identifiers=IDENTIFIERS, utm=UTM)
+    expected_route = EXPECTED_ROUTES[event_type]
+    assert_valid(DECODER.decode(value), value, event_type, expected_route)
+    assert_valid(STRICT.decode(value), value, event_type, expected_route)
+
+
+def test_raw_is_the_value_itself_with_unknown_fields_everywhere() -> None:
+    value = (
+        b'{"event_type":"transaction","sent_at":"2026-06-01T12:00:00Z",'
+        b'"identifiers":{"player_id":"p","idfa":"x","extra":[1,{"a":null}]},'
+        b'"utm":{"source":"s","term":"sword","content":{"nested":true}},'
+        b'"payload":{"amount":1,"currency":"EUR","sku":"gem_pack_500","meta":{"x":[1.5e10]}},'
+        b'"schema_version":3}'
+    )
+    result = DECODER.decode(value)
+    assert_valid(result, value, "transaction", Route.BATCH)
+    assert isinstance(result, Valid)
+    assert result.raw == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"payload":{"campaign_id":"c"},"event_type":"click"}',  # event_type not first
+        b' \t\r\n{"event_type":"click","payload":{"campaign_id":"c"}} \n',  # JSON whitespace
+        b'{"event_type":"click","payload":{"campaign_id":"c\\u00e9\\n"}}',  # escapes
+        '{"event_type":"click","payload":{"campaign_id":"caf\u00e9 \u2603 \U0001f600"}}'.encode(),
+        b'{"event_type":"click","payload":{"campaign_id":"a\\u0000b"}}',  # escaped NUL is fine
+        b'{"event_type":"click","payload":{"campaign_id":"c"},"x":1e400}',  # unchecked field
+    ],
+)
+def test_valid_json_variants(value: bytes) -> None:
+    assert_valid(DECODER.decode(value), value, "click", Route.BATCH)
+
+
+# --------------------------------------------------------------------------
+# Envelope rules
+# --------------------------------------------------------------------------
+
+ENVELOPE_OK = [
+    {"identifiers": {}},
+    {"identifiers": {"player_id": "p"}},
+    {"identifiers": {"device_id": "d", "other": 5}},
+    {"utm": {}},
+    {"utm": {"source": "s"}},
+    {"utm": {"medium": "m", "campaign": "c", "term": None}},
+    {"identifiers": IDENTIFIERS, "utm": UTM, "anything": [None, {}]},
+]
+
+ENVELOPE_BAD = [
+    ({"identifiers": "player-1"}, "$.identifiers"),
+    ({"identifiers": None}, "$.identifiers"),
+    ({"identifiers": ["p"]}, "$.identifiers"),
+    ({"identifiers": {"player_id": 12345}}, "$.identifiers.player_id"),
+    ({"identifiers": {"player_id": None}}, "$.identifiers.player_id"),
+    ({"identifiers": {"device_id": ["d"]}}, "$.identifiers.device_id"),
+    ({"utm": "facebook"}, "$.utm"),
+    ({"utm": None}, "$.utm"),
+    ({"utm": {"source": 1}}, "$.utm.source"),
+    ({"utm": {"medium": True}}, "$.utm.medium"),
+    ({"utm": {"campaign": {}}}, "$.utm.campaign"),
+]
+
+
+@pytest.mark.parametrize("extra", ENVELOPE_OK)
+@pytest.mark.parametrize("event_type", ["click", "level_up"])
+def test_envelope_ok(extra: dict[str, Any], event_type: str) -> None:
+    value = event(event_type, {"campaign_id": "c"}, **extra)
+    assert_valid(DECODER.decode(value), value, event_type, Route.BATCH)
+
+
+@pytest.mark.parametrize(("extra", "path"), ENVELOPE_BAD)
+@pytest.mark.parametrize("event_type", ["click", "level_up"])
+def test_envelope_bad(extra: dict[str, Any], path: str, event_type: str) -> None:
+    value = event(event_type, {"campaign_id": "c"}, **extra)
+    assert_poison(DECODER.decode(value), "schema_violation", f"`{path}`")
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        (b'{"payload":{}}', "`event_type`"),
+        (b'{"event_type":"","payload":{}}', "$.event_type"),
+        (b'{"event_type":5,"payload":{}}', "$.event_type"),
+        (b'{"event_type":null,"payload":{}}', "$.event_type"),
+        (b'{"event_type":["click"],"payload":{}}', "$.event_type"),
+        (b'{"event_type":"level_up"}', "`payload`"),
+        (b'{"event_type":"level_up","payload":null}', "$.payload"),
+        (b'{"event_type":"level_up","payload":[]}', "$.payload"),
+        (b'{"event_type":"level_up","payload":"{}"}', "$.payload"),
+        (b'{"event_type":"level_up","payload":12}', "$.payload"),
+        (b'{"event_type":"click","payload":[]}', "$.payload"),
+        (b'{"event_type":"session_end","payload":"s"}', "$.payload"),
+    ],
+)
+def test_event_type_and_payload_are_required(value: bytes, needle: str) -> None:
+    assert_poison(DECODER.decode(value), "schema_violation", needle)
+
+
+@pytest.mark.parametrize(
+    "value", [b"[]", b'[{"event_type":"click"}]', b'"click"', b"42", b"4.99", b"true", b"null"]
+)
+def test_top_level_must_be_an_object(value: bytes) -> None:
+    assert_poison(DECODER.decode(value), "schema_violation", "Expected `object`")
+
+
+# --------------------------------------------------------------------------
+# Payload rules, one known type at a time
+# --------------------------------------------------------------------------
+
+PAYLOAD_OK = [
+    ("transaction", {"amount": 5}),
+    ("transaction", {"amount": 0}),
+    ("transaction", {"amount": -4.99}),
+    ("transaction", {"amount": 1.7976931348623157e308}),
+    ("transaction", {"amount": 10**30}),
+    ("transaction", {"usd_value": ...}),
+    ("transaction", {"usd_value": 5}),
+    ("transaction", {"type": ..., "description": ..., "status": ...}),
+    ("transaction", {"currency": "EUR", "description": "Premium Sword", "status": "success"}),
+    ("transaction", {"currency": "JPY", "amount": 500, "product_id": "gem_pack_500"}),
+    ("impression", {"placement": ...}),
+    ("click", {"creative_id": None}),
+    ("conversion", {"value": ...}),
+    ("feature_use", {"category": ..., "type": ..., "time_spent": ..., "completion_status": ...}),
+    ("feature_use", {"time_spent": 0, "feature": "x"}),
+    ("session_start", {"platform": "ios"}),
+    ("session_stop", {}),
+    ("session_end", {"reason": ...}),
+]
+
+PAYLOAD_BAD = [
+    ("transaction", {"amount": ...}, "`amount`"),
+    ("transaction", {"amount": "4.99"}, "$.payload.amount"),
+    ("transaction", {"amount": True}, "$.payload.amount"),
+    ("transaction", {"amount": None}, "$.payload.amount"),
+    ("transaction", {"amount": [4.99]}, "$.payload.amount"),
+    ("transaction", {"currency": ...}, "`currency`"),
+    ("transaction", {"currency": "usd"}, "$.payload"),
+    ("transaction", {"currency": "Usd"}, "$.payload"),
+    ("transaction", {"currency": "US"}, "$.payload.currency"),
+    ("transaction", {"currency": "USDT"}, "$.payload.currency"),
+    ("transaction", {"currency": "US1"}, "$.payload"),
+    ("transaction", {"currency": "U D"}, "$.payload"),
+    ("transaction", {"currency": "\u00dcSD"}, "$.payload"),  # not ASCII
+    ("transaction", {"currency": "\uff35\uff33\uff24"}, "$.payload"),  # fullwidth USD
+    ("transaction", {"currency": "USD\n"}, "$.payload.currency"),
+    ("transaction", {"currency": ""}, "$.payload.currency"),
+    ("transaction", {"currency": 840}, "$.payload.currency"),
+    ("transaction", {"currency": None}, "$.payload.currency"),
+    ("transaction", {"usd_value": "4.99"}, "$.payload.usd_value"),
+    ("transaction", {"usd_value": None}, "$.payload.usd_value"),
+    ("transaction", {"usd_value": False}, "$.payload.usd_value"),
+    ("transaction", {"type": 1}, "$.payload.type"),
+    ("transaction", {"description": ["x"]}, "$.payload.description"),
+    ("transaction", {"status": {}}, "$.payload.status"),
+    ("impression", {"campaign_id": ...}, "`campaign_id`"),
+    ("impression", {"campaign_id": ""}, "$.payload.campaign_id"),
+    ("impression", {"campaign_id": 7}, "$.payload.campaign_id"),
+    ("click", {"campaign_id": ...}, "`campaign_id`"),
+    ("click", {"campaign_id": None}, "$.payload.campaign_id"),
+    ("conversion", {"campaign_id": ...}, "`campaign_id`"),
+    ("conversion", {"conversion_type": ...}, "`conversion_type`"),
+    ("conversion", {"conversion_type": ""}, "$.payload.conversion_type"),
+    ("conversion", {"conversion_type": 1}, "$.payload.conversion_type"),
+    ("feature_use", {"feature_name": ...}, "`feature_name`"),
+    ("feature_use", {"feature_name": ""}, "$.payload.feature_name"),
+    ("feature_use", {"feature_name": 3}, "$.payload.feature_name"),
+    ("feature_use", {"time_spent": "12s"}, "$.payload.time_spent"),
+    ("feature_use", {"category": 1}, "$.payload.category"),
+    ("feature_use", {"completion_status": True}, "$.payload.completion_status"),
+    ("session_start", {"session_id": ...}, "`session_id`"),
+    ("session_stop", {"session_id": ""}, "$.payload.session_id"),
+    ("session_end", {"session_id": 42}, "$.payload.session_id"),
+]
+
+
+@pytest.mark.parametrize(("event_type", "changes"), PAYLOAD_OK)
+def test_payload_ok(event_type: str, changes: dict[str, Any]) -> None:
+    value = with_payload(event_type, **changes)
+    assert_valid(DECODER.decode(value), value, event_type, EXPECTED_ROUTES[event_type])
+
+
+@pytest.mark.parametrize(("event_type", "changes", "needle"), PAYLOAD_BAD)
+def test_payload_bad(event_type: str, changes: dict[str, Any], needle: str) -> None:
+    value = with_payload(event_type, **changes)
+    result = assert_poison(DECODER.decode(value), "schema_violation", needle)
+    assert result.detail.startswith(repr(event_type))
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"1e400", b"-1e400", b"1e309", b"0.000001e400", b"1" + b"0" * 400, b"-1" + b"0" * 400 + b".5"],
+)
+@pytest.mark.parametrize("field", ["amount", "usd_value"])
+def test_transaction_numbers_must_be_finite(number: bytes, field: str) -> None:
+    base = b'{"event_type":"transaction","payload":{"amount":1,"currency":"USD","%s":%s}}'
+    value = base % (field.encode(), number)
+    assert_poison(DECODER.decode(value), "schema_violation", f"$.payload.{field}")
+
+
+def test_time_spent_must_be_finite() -> None:
+    value = b'{"event_type":"feature_use","payload":{"feature_name":"f","time_spent":1e400}}'
+    assert_poison(DECODER.decode(value), "schema_violation", "$.payload.time_spent")
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "fields", "needle"),
+    [
+        (events.TransactionPayload, {"amount": math.inf, "currency": "USD"}, "amount"),
+        (events.TransactionPayload, {"amount": -math.inf, "currency": "USD"}, "amount"),
+        (events.TransactionPayload, {"amount": math.nan, "currency": "USD"}, "amount"),
+        (
+            events.TransactionPayload,
+            {"amount": 1.0, "currency": "USD", "usd_value": math.inf},
+            "usd_value",
+        ),
+        (events.FeatureUsePayload, {"feature_name": "f", "time_spent": math.nan}, "time_spent"),
+    ],
+)
+def test_finiteness_is_checked_explicitly(
+    payload_type: type[msgspec.Struct], fields: dict[str, Any], needle: str
+) -> None:
+    # msgspec.convert runs __post_init__ just as decoding does.
+    with pytest.raises(msgspec.ValidationError, match=needle):
+        msgspec.convert(fields, payload_type)
+
+
+# --------------------------------------------------------------------------
+# Unknown event types
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "event_type", ["level_up", "progression", "Transaction", "SESSION_START", " click", "x" * 300]
+)
+def test_unknown_types_pass_batched_unless_strict(event_type: str) -> None:
+    value = event(event_type, {"level": 12}, identifiers=IDENTIFIERS)
+    assert_valid(DECODER.decode(value), value, event_type, Route.BATCH)
+    result = assert_poison(STRICT.decode(value), "schema_violation", "$.event_type", "strict")
+    assert len(result.detail) < 200  # an excerpt of the type, not all of it
+
+
+def test_unknown_type_payload_contents_are_not_checked() -> None:
+    value = event("level_up", {"amount": "not a number", "currency": 5, "campaign_id": None})
+    assert_valid(DECODER.decode(value), value, "level_up", Route.BATCH)
+
+
+# --------------------------------------------------------------------------
+# Empty and oversized values
+# --------------------------------------------------------------------------
+
+
+def test_tombstone_and_empty_value() -> None:
+    assert_poison(DECODER.decode(None), "empty_value", "tombstone")
+    assert_poison(DECODER.decode(b""), "empty_value")
+
+
+@pytest.mark.parametrize("value", [b" ", b"\n", b"\x00"])
+def test_blank_is_not_empty_but_invalid(value: bytes) -> None:
+    assert_poison(DECODER.decode(value), "invalid_json")
+
+
+def test_too_large_is_refused_without_parsing() -> None:
+    decoder = EventDecoder(max_bytes=64)
+    ok = event("click", {"campaign_id": "c" * 5})
+    assert len(ok) <= 64
+    assert isinstance(decoder.decode(ok), Valid)
+    garbage = b"\xff" * 65  # would be invalid_json if it were parsed
+    assert_poison(decoder.decode(garbage), "too_large", "65 bytes", "64")
+    exactly = b'{"event_type":"click","payload":{"campaign_id":"%s"}}'
+    exactly = exactly % (b"c" * (64 - len(exactly) + 2))
+    assert len(exactly) == 64
+    assert isinstance(decoder.decode(exactly), Valid)
+    assert_poison(decoder.decode(exactly + b" "), "too_large")
+
+
+def test_one_mebibyte_value() -> None:
+    padding = "x" * (1024 * 1024)
+    value = event("level_up", {"blob": padding})
+    assert len(value) > 1024 * 1024
+    assert_poison(DECODER.decode(value), "too_large", str(len(value)))
+    big = EventDecoder(max_bytes=2 * 1024 * 1024)
+    assert_valid(big.decode(value), value, "level_up", Route.BATCH)
+    broken = value[:-1]  # truncated: the parser must say so, not crash
+    assert_poison(big.decode(broken), "invalid_json")
+
+
+# --------------------------------------------------------------------------
+# Hostile input
+# --------------------------------------------------------------------------
+
+INVALID_JSON = [
+    b"\xff",
+    b"\xfe\xff",
+    b"\xef\xbb\xbf" + CONTRACT_EXAMPLE,  # a UTF-8 byte-order mark is not JSON
+    b"{",
+    b"}",
+    b'{"event_type":"click"',
+    b'{"event_type":"click","payload":{"campaign_id":"c"}',
+    b'{"event_type":"click","payload":{"campaign_id":"c"}}}',
+    b'{"event_type":"click","payload":{"campaign_id":"c"}} x',
+    b'{"event_type":"click","payload":{"campaign_id":"c"}}{}',
+    b'{"event_type":"click","payload":{"campaign_id":"c",}}',
+    b"{'event_type':'click','payload':{}}",
+    b'{event_type:"click",payload:{}}',
+    b"NaN",
+    b"Infinity",
+    b'{"event_type":"level_up","payload":{"x":NaN}}',
+    b'{"event_type":"level_up","payload":{"x":Infinity}}',
+    b'{"event_type":"level_up","payload":{"x":-Infinity}}',
+    b'{"event_type":"transaction","payload":{"amount":NaN,"currency":"USD"}}',
+    b'{"event_type":"level_up","payload":{},"x":nan}',
+    b'{"event_type":"level_up","payload":{"x":01}}',
+    b'{"event_type":"level_up","payload":{"x":.5}}',
+    b'{"event_type":"level_up","payload":{"x":"a\x00b"}}',  # raw NUL in a string
+    b'{"event_type":"level_up","payload":{"x":"tab\there"}}',  # raw control character
+    b'{"event_type":"level_up","payload":{"x":"\\x41"}}',  # not a JSON escape
+    b'{"event_type":"level_up","payload":{"x":"\\ud800"}}',  # lone surrogate escape
+    b'{"event_type":"level_up","payload":{}}\x00',
+    b'\x00{"event_type":"level_up","payload":{}}',
+    # A later syntax error wins over an earlier schema error.
+    b'{"event_type":"","payload":{},"x":NaN}',
+    b'{"event_type":"click","payload":{"campaign_id":5},"x":[1,}',
+]
+
+
+@pytest.mark.parametrize("value", INVALID_JSON)
+def test_not_json(value: bytes) -> None:
+    assert_poison(DECODER.decode(value), "invalid_json")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\xff",  # never valid in UTF-8
+        b"\xc0\xaf",  # overlong "/"
+        b"\xed\xa0\x80",  # an encoded surrogate
+        b"\xe2\x82",  # truncated sequence
+        b"\xf4\x90\x80\x80",  # beyond U+10FFFF
+        b"\x80",  # lone continuation byte
+    ],
+)
+@pytest.mark.parametrize("where", ["unknown_field", "payload_value", "payload_key", "event_type"])
+def test_invalid_utf8_anywhere(bad: bytes, where: str) -> None:
+    # msgspec skips unknown fields without checking their bytes; the decoder must not.
+    templates = {
+        "unknown_field": b'{"event_type":"click","payload":{"campaign_id":"c"},"x":"%s"}',
+        "payload_value": b'{"event_type":"level_up","payload":{"a":"%s"}}',
+        "payload_key": b'{"event_type":"level_up","payload":{"%s":1}}',
+        "event_type": b'{"event_type":"lv%s","payload":{}}',
+    }
+    value = templates[where] % bad
+    assert_poison(DECODER.decode(value), "invalid_json", "UTF-8")
+
+
+def test_every_truncation_of_the_contract_example_is_invalid_json() -> None:
+    for end in range(1, len(CONTRACT_EXAMPLE)):
+        result = DECODER.decode(CONTRACT_EXAMPLE[:end])
+        assert isinstance(result, Poison), end
+        assert result.reason == "invalid_json", (end, result)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        b"%s",
+        b'{"event_type":"level_up","payload":{"deep":%s}}',
+        b'{"event_type":"transaction","payload":{"amount":%s,"currency":"USD"}}',
+        b'{"event_type":"level_up","payload":{},"extra":%s}',
+        b'{"event_type":"level_up","identifiers":{"x":%s},"payload":{}}',
+    ],
+)
+@pytest.mark.parametrize(("opener", "closer"), [(b"[", b"]"), (b'{"a":', b"}")])
+def test_ten_thousand_deep_nesting(template: bytes, opener: bytes, closer: bytes) -> None:
+    nested = opener * 10_000 + b"1" + closer * 10_000
+    value = template % nested
+    first = DECODER.decode(value)
+    assert_poison(first, "invalid_json", "nested too deeply")
+    assert DECODER.decode(value) == first  # the same answer every time
+
+
+def test_nesting_within_the_limit_is_fine() -> None:
+    nested = b"[" * 200 + b"]" * 200
+    value = b'{"event_type":"level_up","payload":{"deep":%s}}' % nested
+    assert_valid(DECODER.decode(value), value, "level_up", Route.BATCH)
+
+
+def test_unclosed_deep_nesting() -> None:
+    assert_poison(DECODER.decode(b"[" * 100_000), "invalid_json")
+
+
+# --------------------------------------------------------------------------
+# Duplicate keys: the last one wins, as in orjson and the API simulator
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "event_type", "route"),
+    [
+        (
+            b'{"event_type":"click","payload":{"campaign_id":"c"},"event_type":"level_up"}',
+            "level_up",
+            Route.BATCH,
+        ),
+        (
+            b'{"event_type":"level_up","event_type":"session_start","payload":{"session_id":"s"}}',
+            "session_start",
+            Route.SESSION_START,
+        ),
+        (
+            b'{"event_type":"click","payload":{},"payload":{"campaign_id":"c"}}',
+            "click",
+            Route.BATCH,
+        ),
+    ],
+)
+def test_duplicate_keys_last_wins(value: bytes, event_type: str, route: Route) -> None:
+    assert_valid(DECODER.decode(value), value, event_type, route)
+    parsed = orjson.loads(value)
+    assert parsed["event_type"] == event_type  # what the API will read
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"event_type":"level_up","payload":{},"event_type":"click"}',
+        b'{"event_type":"click","payload":{"campaign_id":"c"},"payload":{}}',
+        b'{"event_type":"click","payload":{"campaign_id":"c","campaign_id":""}}',
+        # msgspec also checks earlier occurrences of a checked field: stricter, still safe.
+        b'{"event_type":"click","payload":{"campaign_id":5,"campaign_id":"c"}}',
+    ],
+)
+def test_duplicate_keys_last_is_checked(value: bytes) -> None:
+    assert_poison(DECODER.decode(value), "schema_violation", "campaign_id")
+
+
+# --------------------------------------------------------------------------
+# Details
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event_type", ["x" * 100_000, "\u00e9" * 50_000, "\U0001f600" * 20_000])
+def test_details_are_short_for_huge_values(event_type: str) -> None:
+    value = json.dumps({"event_type": event_type, "payload": {}}, ensure_ascii=False).encode()
+    assert len(value) < DECODER.max_bytes
+    result = assert_poison(STRICT.decode(value), "schema_violation")
+    assert len(result.detail) < 200
+    bad_payload = value.replace(b'"payload": {}', b'"payload": []')
+    result = assert_poison(DECODER.decode(bad_payload), "schema_violation", "$.payload")
+    assert len(result.detail) < 200
+
+
+def test_detail_excerpt_of_bad_json_is_short() -> None:
+    value = b'{"event_type":"level_up","payload":{"x":"' + b"a" * 10_000 + b'"}, oops}'
+    result = assert_poison(DECODER.decode(value), "invalid_json", "near")
+    assert len(result.detail) < 200
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        "",
+        "short",
+        "x" * 5000,
+        "\u00e9" * 5000,
+        "\U0001f600" * 5000,
+        "a" * 1023 + "\u00e9",
+        "lone \ud800 surrogate" * 100,
+        "head " + "\u00e9" * 2000 + " - at `$.payload.amount`",
+    ],
+)
+def test_cap_detail(detail: str) -> None:
+    capped = cap_detail(detail)
+    encoded = capped.encode("utf-8")  # no lone surrogates left
+    assert len(encoded) <= DETAIL_MAX_BYTES
+    if len(detail) <= 200 and "\ud800" not in detail:
+        assert capped == detail
+    if detail.endswith("`$.payload.amount`"):
+        assert capped.endswith("`$.payload.amount`")
+
+
+# --------------------------------------------------------------------------
+# Nothing escapes decode
+# --------------------------------------------------------------------------
+
+
+class _Exploding:
+    def __init__(self, exc: Exception) -> None:
+        self._exc = exc
+
+    def decode(self, value: Any) -> Any:
+        raise self._exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (KeyError("boom"), "schema_violation"),
+        (MemoryError(), "schema_violation"),
+        (RecursionError(), "invalid_json"),
+        (msgspec.DecodeError("JSON is malformed: invalid character (byte 3)"), "invalid_json"),
+        (msgspec.ValidationError("Expected `str` - at `$.event_type`"), "schema_violation"),
+    ],
+)
+def test_envelope_decoder_failures_become_poison(
+    monkeypatch: pytest.MonkeyPatch, exc: Exception, reason: str
+) -> None:
+    monkeypatch.setattr(events, "_ENVELOPE_DECODER", _Exploding(exc))
+    assert_poison(DECODER.decode(CONTRACT_EXAMPLE), reason)
+
+
+@pytest.mark.parametrize("exc", [KeyError("boom"), RuntimeError("x" * 10_000), RecursionError()])
+def test_payload_decoder_failures_become_poison(
+    monkeypatch: pytest.MonkeyPatch, exc: Exception
+) -> None:
+    checks = dict(events._PAYLOAD_CHECKS)
+    checks["transaction"] = (_Exploding(exc), Route.BATCH)  # type: ignore[assignment]
+    monkeypatch.setattr(events, "_PAYLOAD_CHECKS", checks)
+    monkeypatch.setattr(events, "_ANY_PAYLOAD_DECODER", _Exploding(exc))
+    assert isinstance(DECODER.decode(CONTRACT_EXAMPLE), Poison)
+    assert isinstance(DECODER.decode(event("level_up", {})), Poison)
+
+
+@pytest.mark.parametrize("value", [bytearray(b'{"a":1}'), memoryview(b"{}"), "{}", 42])
+def test_wrong_argument_types_do_not_raise(value: Any) -> None:
+    assert isinstance(DECODER.decode(value), Valid | Poison)
+
+
+# --------------------------------------------------------------------------
+# Properties
+# --------------------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+event_types = st.sampled_from([*KNOWN_EVENT_TYPES, "level_up", ""]) | st.text(max_size=6)
+payload_keys = st.sampled_from(
+    ["amount", "currency", "usd_value", "campaign_id", "conversion_type", "feature_name",
+     "time_spent", "session_id", "type"]
+) | st.text(max_size=6)  # fmt: skip
+payload_values = (
+    json_scalars | st.sampled_from(["USD", "usd", "EUR", "", "c"]) | st.just(1e308) | json_values
+)
+envelopes = st.fixed_dictionaries(
+    {"event_type": event_types | json_scalars},
+    optional={
+        "payload": st.dictionaries(payload_keys, payload_values, max_size=5) | json_values,
+        "identifiers": st.dictionaries(
+            st.sampled_from(["player_id", "device_id", "x"]), json_scalars, max_size=2
+        )
+        | json_scalars,
+        "utm": st.dictionaries(
+            st.sampled_from(["source", "medium", "campaign", "x"]), json_scalars, max_size=2
+        ),
+    },
+)
+CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def _check_invariants(value: bytes, decoder: EventDecoder) -> None:
+    result = decoder.decode(value)
+    assert isinstance(result, Valid | Poison)
+    if isinstance(result, Poison):
+        assert result.reason in ("invalid_json", "schema_violation", "empty_value", "too_large")
+        assert len(result.detail.encode("utf-8")) <= DETAIL_MAX_BYTES
+        return
+    # Whatever passes is a JSON object the API's parser reads the same way.
+    assert result.raw is value
+    doc = orjson.loads(value)
+    assert isinstance(doc, dict)
+    assert doc["event_type"] == result.event_type != ""
+    assert isinstance(doc["payload"], dict)
+    assert result.route is ROUTES.get(result.event_type, Route.BATCH)
+    for part, fields in (("identifiers", ("player_id", "device_id")), ("utm", ("source",))):
+        if part in doc:
+            assert isinstance(doc[part], dict)
+            assert all(isinstance(doc[part][f], str) for f in fields if f in doc[part])
+    payload = doc["payload"]
+    if result.event_type == "transaction":
+        assert isinstance(payload["amount"], int | float)
+        assert not isinstance(payload["amount"], bool)
+        assert math.isfinite(payload["amount"])
+        assert CURRENCY.fullmatch(payload["currency"])
+    if result.event_type in ("impression", "click", "conversion"):
+        assert isinstance(payload["campaign_id"], str)
+        assert payload["campaign_id"]
+    if result.event_type.startswith("session_"):
+        assert isinstance(payload["session_id"], str)
+        assert payload["session_id"]
+    if decoder.strict_types:
+        assert result.event_type in KNOWN_EVENT_TYPES
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_raise(value: bytes) -> None:
+    _check_invariants(value, DECODER)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values)
+def test_arbitrary_json_never_raises(doc: Any) -> None:
+    value = json.dumps(doc).encode()  # NaN and Infinity come out as bare words
+    _check_invariants(value, DECODER)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(envelopes, st.booleans())
+def test_arbitrary_envelopes_obey_the_rules(doc: dict[str, Any], strict: bool) -> None:
+    value = json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    _check_invariants(value, STRICT if strict else DECODER)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(min_size=1, max_size=40), st.integers(min_value=0, max_value=len(CONTRACT_EXAMPLE))
+)
+def test_spliced_garbage_never_raises(garbage: bytes, at: int) -> None:
+    value = CONTRACT_EXAMPLE[:at] + garbage + CONTRACT_EXAMPLE[at:]
+    _check_invariants(value, DECODER)
