@@ -1,0 +1,267 @@
+{{/*
+Chart name, truncated to 63 characters (the DNS label limit).
+*/}}
+{{- define "gr-s2s-consumer.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: release-chart, or the release name alone when it already contains
+the chart name; truncated to 63 characters.
+*/}}
+{{- define "gr-s2s-consumer.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A name derived from the full name with a suffix, kept within 63 characters.
+Usage: include "gr-s2s-consumer.suffixed" (list . "api")
+*/}}
+{{- define "gr-s2s-consumer.suffixed" -}}
+{{- $root := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $base := include "gr-s2s-consumer.fullname" $root | trunc (int (sub 62 (len $suffix))) | trimSuffix "-" }}
+{{- printf "%s-%s" $base $suffix }}
+{{- end }}
+
+{{- define "gr-s2s-consumer.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gr-s2s-consumer.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels, on every resource.
+*/}}
+{{- define "gr-s2s-consumer.labels" -}}
+helm.sh/chart: {{ include "gr-s2s-consumer.chart" . }}
+{{ include "gr-s2s-consumer.selectorLabels" . }}
+app.kubernetes.io/version: {{ (default .Chart.AppVersion .Values.image.tag) | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gr-s2s-consumer
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels. A Deployment's selector is immutable: these never change
+between chart versions and never include the version or user labels.
+*/}}
+{{- define "gr-s2s-consumer.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gr-s2s-consumer.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: consumer
+{{- end }}
+
+{{- define "gr-s2s-consumer.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "gr-s2s-consumer.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference: repository[:tag][@digest]; the tag defaults to appVersion.
+*/}}
+{{- define "gr-s2s-consumer.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- Secrets */}}
+
+{{/* Name of the Secret holding the API key, and the key inside it. */}}
+{{- define "gr-s2s-consumer.apiKeySecretName" -}}
+{{- if .Values.api.existingSecret }}
+{{- .Values.api.existingSecret }}
+{{- else }}
+{{- include "gr-s2s-consumer.suffixed" (list . "api") }}
+{{- end }}
+{{- end }}
+
+{{- define "gr-s2s-consumer.apiKeySecretKey" -}}
+{{- if .Values.api.existingSecret }}
+{{- .Values.api.existingSecretKey }}
+{{- else }}
+{{- "api-key" }}
+{{- end }}
+{{- end }}
+
+{{/* True ("true") when the chart creates the API key Secret. */}}
+{{- define "gr-s2s-consumer.createApiKeySecret" -}}
+{{- if and (not .Values.api.existingSecret) .Values.api.key }}true{{ end }}
+{{- end }}
+
+{{- define "gr-s2s-consumer.kafkaSecretName" -}}
+{{- if .Values.kafka.sasl.existingSecret }}
+{{- .Values.kafka.sasl.existingSecret }}
+{{- else }}
+{{- include "gr-s2s-consumer.suffixed" (list . "kafka") }}
+{{- end }}
+{{- end }}
+
+{{- define "gr-s2s-consumer.createKafkaSecret" -}}
+{{- if and .Values.kafka.sasl.enabled (not .Values.kafka.sasl.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* Where the Secrets are mounted in the container. */}}
+{{- define "gr-s2s-consumer.apiKeyDir" -}}/var/run/secrets/gr-s2s-consumer/api{{- end }}
+{{- define "gr-s2s-consumer.apiKeyFile" -}}{{ include "gr-s2s-consumer.apiKeyDir" . }}/api-key{{- end }}
+{{- define "gr-s2s-consumer.kafkaCaDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-ca{{- end }}
+{{- define "gr-s2s-consumer.kafkaCaFile" -}}{{ include "gr-s2s-consumer.kafkaCaDir" . }}/ca.crt{{- end }}
+
+{{/* ------------------------------------------------------ Kafka properties */}}
+
+{{/*
+librdkafka properties as a dict: what kafka.sasl / kafka.tls imply, then
+kafka.config over it (the user's word wins). Secrets never go through here.
+Returned as YAML; use with fromYaml.
+*/}}
+{{- define "gr-s2s-consumer.kafkaProperties" -}}
+{{- $props := dict }}
+{{- if and .Values.kafka.sasl.enabled .Values.kafka.tls.enabled }}
+{{- $_ := set $props "security.protocol" "SASL_SSL" }}
+{{- else if .Values.kafka.sasl.enabled }}
+{{- $_ := set $props "security.protocol" "SASL_PLAINTEXT" }}
+{{- else if .Values.kafka.tls.enabled }}
+{{- $_ := set $props "security.protocol" "SSL" }}
+{{- end }}
+{{- if .Values.kafka.sasl.enabled }}
+{{- $_ := set $props "sasl.mechanism" .Values.kafka.sasl.mechanism }}
+{{- end }}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.caSecret }}
+{{- $_ := set $props "ssl.ca.location" (include "gr-s2s-consumer.kafkaCaFile" .) }}
+{{- end }}
+{{- range $k, $v := .Values.kafka.config }}
+{{- /* YAML numbers arrive as float64: keep whole numbers whole (no 1e+07). */}}
+{{- if and (kindIs "float64" $v) (eq $v (floor $v)) }}
+{{- $_ := set $props $k (printf "%d" (int64 $v)) }}
+{{- else }}
+{{- $_ := set $props $k (toString $v) }}
+{{- end }}
+{{- end }}
+{{- toYaml $props }}
+{{- end }}
+
+{{/* The contract's mapping: security.protocol -> KAFKA_SECURITY_PROTOCOL. */}}
+{{- define "gr-s2s-consumer.kafkaEnvName" -}}
+{{- printf "KAFKA_%s" (. | upper | replace "." "_") }}
+{{- end }}
+
+{{/* KEDA's spelling of the SASL mechanism. */}}
+{{- define "gr-s2s-consumer.kedaSasl" -}}
+{{- $m := .Values.kafka.sasl.mechanism }}
+{{- if eq $m "PLAIN" }}plaintext
+{{- else if eq $m "SCRAM-SHA-256" }}scram_sha256
+{{- else if eq $m "SCRAM-SHA-512" }}scram_sha512
+{{- end }}
+{{- end }}
+
+{{/* The topic KEDA measures lag on: explicit, or the single plain topic. */}}
+{{- define "gr-s2s-consumer.kedaTopic" -}}
+{{- if .Values.autoscaling.keda.topic }}
+{{- .Values.autoscaling.keda.topic }}
+{{- else if and (eq (len .Values.kafka.topics) 1) (not (hasPrefix "^" (first .Values.kafka.topics))) }}
+{{- first .Values.kafka.topics }}
+{{- end }}
+{{- end }}
+
+{{/* ----------------------------------------------------- Derived numbers */}}
+
+{{- define "gr-s2s-consumer.terminationGracePeriodSeconds" -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add (int .Values.shutdownTimeoutSeconds) (int .Values.terminationGraceMarginSeconds) }}
+{{- else }}
+{{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{- define "gr-s2s-consumer.maxReplicas" -}}
+{{- if kindIs "invalid" .Values.autoscaling.maxReplicas }}
+{{- int .Values.kafka.partitions }}
+{{- else }}
+{{- int .Values.autoscaling.maxReplicas }}
+{{- end }}
+{{- end }}
+
+{{/* ------------------------------------------------------------ Validation */}}
+
+{{/*
+Rules a JSON schema cannot state (they relate two values, or need the
+template's view). Included by the Deployment so every render runs them.
+*/}}
+{{- define "gr-s2s-consumer.validate" -}}
+{{- $p := "gr-s2s-consumer" }}
+{{- if not .Values.kafka.bootstrapServers }}
+{{- fail (printf "%s: kafka.bootstrapServers is required (comma-separated host:port list)" $p) }}
+{{- end }}
+{{- if and (not .Values.api.existingSecret) (not .Values.api.key) }}
+{{- fail (printf "%s: set api.existingSecret (a Secret holding the key under api.existingSecretKey) or api.key; the key is never taken from anywhere else" $p) }}
+{{- end }}
+{{- if and .Values.kafka.sasl.enabled (not .Values.kafka.sasl.existingSecret) (or (not .Values.kafka.sasl.username) (not .Values.kafka.sasl.password)) }}
+{{- fail (printf "%s: kafka.sasl.enabled needs kafka.sasl.existingSecret, or both kafka.sasl.username and kafka.sasl.password" $p) }}
+{{- end }}
+{{- $grace := int (include "gr-s2s-consumer.terminationGracePeriodSeconds" .) }}
+{{- if le $grace (int .Values.shutdownTimeoutSeconds) }}
+{{- fail (printf "%s: terminationGracePeriodSeconds (%d) must be greater than shutdownTimeoutSeconds (%d), or Kubernetes kills the worker before it has drained and committed" $p $grace (int .Values.shutdownTimeoutSeconds)) }}
+{{- end }}
+{{- range $k, $v := .Values.kafka.config }}
+{{- $lk := lower $k }}
+{{- if or (contains "password" $lk) (contains "secret" $lk) (contains "private.key" $lk) (contains "key.pem" $lk) (contains "sasl.jaas" $lk) (eq $lk "sasl.username") }}
+{{- fail (printf "%s: kafka.config.%s looks like a credential; it would land in a ConfigMap. Use kafka.sasl.existingSecret (or extraEnv with valueFrom.secretKeyRef)" $p $k) }}
+{{- end }}
+{{- end }}
+{{- range .Values.extraEnv }}
+{{- if and (eq .name "GR_API_KEY") (hasKey . "value") }}
+{{- fail (printf "%s: extraEnv must not set GR_API_KEY as a plain value; use api.existingSecret (mounted as GR_API_KEY_FILE)" $p) }}
+{{- end }}
+{{- end }}
+{{- $mode := .Values.autoscaling.mode }}
+{{- if not (kindIs "invalid" .Values.kafka.partitions) }}
+{{- if and (eq $mode "none") (gt (int .Values.replicaCount) (int .Values.kafka.partitions)) }}
+{{- fail (printf "%s: replicaCount (%d) exceeds kafka.partitions (%d): the extra workers would sit idle" $p (int .Values.replicaCount) (int .Values.kafka.partitions)) }}
+{{- end }}
+{{- end }}
+{{- if ne $mode "none" }}
+{{- if kindIs "invalid" .Values.kafka.partitions }}
+{{- fail (printf "%s: autoscaling.mode=%s needs kafka.partitions (the total partition count of the consumed topics), which caps maxReplicas" $p $mode) }}
+{{- end }}
+{{- $max := int (include "gr-s2s-consumer.maxReplicas" .) }}
+{{- $min := int .Values.autoscaling.minReplicas }}
+{{- if gt $max (int .Values.kafka.partitions) }}
+{{- fail (printf "%s: autoscaling.maxReplicas (%d) must not exceed kafka.partitions (%d): workers beyond the partition count sit idle" $p $max (int .Values.kafka.partitions)) }}
+{{- end }}
+{{- if gt $min $max }}
+{{- fail (printf "%s: autoscaling.minReplicas (%d) is greater than maxReplicas (%d)" $p $min $max) }}
+{{- end }}
+{{- if and (eq $min 0) (eq $mode "hpa") }}
+{{- fail (printf "%s: autoscaling.minReplicas 0 needs autoscaling.mode=keda; an HPA keeps at least 1" $p) }}
+{{- end }}
+{{- if eq $mode "keda" }}
+{{- $topic := include "gr-s2s-consumer.kedaTopic" . }}
+{{- if and (eq $min 0) (not $topic) }}
+{{- fail (printf "%s: autoscaling.minReplicas 0 with no topic to measure: a group that never committed would stay at zero. Set autoscaling.keda.topic or minReplicas >= 1" $p) }}
+{{- end }}
+{{- if and .Values.autoscaling.keda.limitToPartitionsWithLag (not $topic) }}
+{{- fail (printf "%s: autoscaling.keda.limitToPartitionsWithLag needs a topic (autoscaling.keda.topic, or a single plain kafka.topics entry)" $p) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

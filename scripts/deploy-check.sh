@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Validate everything that deploys gr-s2s-consumer: the Helm chart and the
+# Dockerfile. Exits non-zero if any step fails (every step runs, so one run
+# shows every problem).
+#
+#   1. helm lint --strict      chart defaults and every ci/*-values.yaml scenario
+#   2. helm template           every scenario, rendered to $OUT_DIR
+#   3. kubernetes-validate     rendered manifests against Kubernetes $K8S_VERSION,
+#                              strict (unknown fields rejected); only the CRD kinds
+#                              listed in CRD_KINDS are skipped, by name
+#   4. hadolint                the Dockerfile, no findings
+#   5. checkov                 the chart (helm framework, each scenario) and the
+#                              Dockerfile: zero failed checks. Checks that do not
+#                              apply are skipped in place, by ID with a reason
+#                              (checkov.io/skipN annotations, a checkov:skip comment)
+#   6. pytest tests/deploy     assertions over the rendered manifests, the schema,
+#                              and an install of the built wheel into a fresh venv
+#
+# Environment:
+#   K8S_VERSION      Kubernetes version to validate against (default 1.37.0)
+#   OUT_DIR          where rendered manifests go (default: a temp dir)
+#   PYTHON           interpreter for pytest (default: .venv/bin/python, else python3)
+#   PYTEST_ARGS      extra pytest arguments
+#   SKIP_PYTEST=1    stop after the static checks (pytest runs them itself too)
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+CHART="helm/gr-s2s-consumer"
+K8S_VERSION="${K8S_VERSION:-1.37.0}"
+# Custom resources: not in the Kubernetes core schemas. Skipped by exact kind;
+# any other kind without a schema fails. (Their shape is asserted in
+# tests/deploy/test_chart.py.)
+CRD_KINDS="keda.sh/v1alpha1/ScaledObject keda.sh/v1alpha1/TriggerAuthentication monitoring.coreos.com/v1/ServiceMonitor"
+# Release namespace for renders and for checkov: the chart is meant for its
+# own namespace, never "default" (checkov CKV_K8S_21).
+RELEASE_NAMESPACE="gr-s2s-consumer"
+
+if [[ -n "${OUT_DIR:-}" ]]; then
+    mkdir -p "$OUT_DIR"
+else
+    OUT_DIR="$(mktemp -d)"
+    trap 'rm -rf "$OUT_DIR"' EXIT
+fi
+
+failures=()
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf 'FAILED: %s\n' "$*"; failures+=("$*"); }
+
+# --- tools ---------------------------------------------------------------------
+step "tools (scripts/deploy-tools.sh)"
+tool_env="$("$ROOT/scripts/deploy-tools.sh")" || { echo "FAILED: tool set-up" >&2; exit 1; }
+while IFS='=' read -r key value; do
+    case "$key" in
+        TOOLS_DIR | HELM | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
+    esac
+done <<<"$tool_env"
+TOOLS_PY="$(dirname "$CHECKOV")/python"
+export PATH="$(dirname "$HELM"):$PATH" # checkov's helm framework runs `helm template`
+"$HELM" version --short
+
+scenarios=("$CHART"/ci/*-values.yaml)
+
+# --- 1. lint ------------------------------------------------------------------
+step "helm lint --strict"
+"$HELM" lint --strict "$CHART" || fail "helm lint (chart defaults)"
+for values in "${scenarios[@]}"; do
+    "$HELM" lint --strict "$CHART" --namespace "$RELEASE_NAMESPACE" -f "$values" \
+        || fail "helm lint ($values)"
+done
+
+# --- 2. template --------------------------------------------------------------
+step "helm template -> $OUT_DIR"
+rendered=()
+for values in "${scenarios[@]}"; do
+    name="$(basename "$values" .yaml)"
+    if "$HELM" template gr-s2s-consumer "$CHART" --namespace "$RELEASE_NAMESPACE" -f "$values" \
+        >"$OUT_DIR/$name.yaml"; then
+        echo "rendered $values -> $OUT_DIR/$name.yaml"
+        rendered+=("$OUT_DIR/$name.yaml")
+    else
+        fail "helm template ($values)"
+    fi
+done
+
+# --- 3. kubernetes-validate ------------------------------------------------------
+step "kubernetes-validate --strict against Kubernetes $K8S_VERSION (CRD kinds skipped: $CRD_KINDS)"
+if ((${#rendered[@]})); then
+    "$TOOLS_PY" - "$K8S_VERSION" "$CRD_KINDS" "${rendered[@]}" <<'PY' || fail "kubernetes-validate"
+import sys
+
+import kubernetes_validate
+import yaml
+
+version, crd_kinds, files = sys.argv[1], set(sys.argv[2].split()), sys.argv[3:]
+bad = checked = 0
+for path in files:
+    with open(path, encoding="utf-8") as fh:
+        docs = [d for d in yaml.safe_load_all(fh) if d]
+    if not docs:
+        print(f"FAIL {path}: no manifests")
+        bad += 1
+    for doc in docs:
+        kind = f"{doc.get('apiVersion')}/{doc.get('kind')}"
+        what = f"{path}: {kind} {doc.get('metadata', {}).get('name')}"
+        if kind in crd_kinds:
+            print(f"SKIP {what} (custom resource, not in the core schemas)")
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            print(f"FAIL {what}: {exc.message} at {'/'.join(map(str, exc.path))}")
+            bad += 1
+        except kubernetes_validate.SchemaNotFoundError:
+            print(f"FAIL {what}: no schema for this kind in Kubernetes {version}")
+            bad += 1
+        else:
+            checked += 1
+            print(f"ok   {what}")
+print(f"{checked} manifests valid, {bad} failed")
+sys.exit(1 if bad else 0)
+PY
+else
+    fail "kubernetes-validate (nothing rendered)"
+fi
+
+# --- 4. hadolint --------------------------------------------------------------------
+step "hadolint Dockerfile"
+"$HADOLINT" Dockerfile && echo "hadolint: no findings" || fail "hadolint Dockerfile"
+
+# --- 5. checkov ---------------------------------------------------------------------
+# checkov exits 0 when it cannot render a chart (it only logs a warning), so
+# its JSON report is read here: zero failed checks AND something was scanned.
+checkov_report() { # $1 = label, $2 = json report
+    "$TOOLS_PY" - "$1" "$2" <<'PY'
+import json
+import sys
+
+label, path = sys.argv[1], sys.argv[2]
+try:
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+except (OSError, ValueError) as exc:
+    print(f"{label}: no readable checkov report ({exc})")
+    sys.exit(1)
+reports = data if isinstance(data, list) else [data]
+failed = passed = resources = 0
+for report in reports:
+    results = report.get("results", {})
+    summary = report.get("summary", {})
+    resources += summary.get("resource_count", 0)
+    passed += summary.get("passed", 0)
+    for check in results.get("failed_checks", []):
+        failed += 1
+        print(f"  FAILED {check['check_id']} {check['check_name']}: "
+              f"{check['resource']} ({check.get('file_path')})")
+    for check in results.get("skipped_checks", []):
+        reason = (check.get("check_result") or {}).get("suppress_comment", "")
+        print(f"  skipped {check['check_id']} on {check['resource']}: {reason}")
+print(f"{label}: {passed} passed, {failed} failed, {resources} resources")
+sys.exit(1 if failed or not resources or not passed else 0)
+PY
+}
+
+step "checkov (helm framework) on $CHART"
+for values in "${scenarios[@]}"; do
+    report="$OUT_DIR/checkov-$(basename "$values" .yaml).json"
+    HELM_NAMESPACE="$RELEASE_NAMESPACE" "$CHECKOV" --directory "$CHART" --framework helm \
+        --var-file "$values" --skip-download --compact --output json \
+        >"$report" 2>"$report.log"
+    checkov_report "chart with $(basename "$values")" "$report" \
+        || { cat "$report.log"; fail "checkov helm ($values)"; }
+done
+
+step "checkov (dockerfile framework) on Dockerfile"
+report="$OUT_DIR/checkov-dockerfile.json"
+"$CHECKOV" --file Dockerfile --framework dockerfile --skip-download --compact \
+    --output json >"$report" 2>"$report.log"
+checkov_report "Dockerfile" "$report" || { cat "$report.log"; fail "checkov Dockerfile"; }
+
+# --- 6. pytest ----------------------------------------------------------------------
+if [[ "${SKIP_PYTEST:-0}" != 1 ]]; then
+    step "pytest tests/deploy"
+    PYTHON="${PYTHON:-}"
+    if [[ -z "$PYTHON" ]]; then
+        if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+    fi
+    # shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose
+    GR_HELM="$HELM" "$PYTHON" -m pytest tests/deploy ${PYTEST_ARGS:-} || fail "pytest tests/deploy"
+fi
+
+# --- summary --------------------------------------------------------------------------
+echo
+if ((${#failures[@]})); then
+    printf 'deploy-check: %d step(s) failed:\n' "${#failures[@]}"
+    printf '  - %s\n' "${failures[@]}"
+    exit 1
+fi
+echo "deploy-check: all passed (helm $("$HELM" version --short), Kubernetes $K8S_VERSION schemas)"
