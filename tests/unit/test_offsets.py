@@ -33,8 +33,27 @@ def test_one_read_unfinished_commits_that_offset() -> None:
     assert po.committable == 42
     assert po.outstanding == 1
     assert po.last_read == 42
-    # committing 42 means "resume at 42": nothing is lost
-    assert po.needs_commit() == 42
+    # 42 is where reading started, i.e. where the group already stands: it counts as
+    # committed, so there is nothing worth committing yet
+    assert po.committed == 42
+    assert po.needs_commit() is None
+
+
+def test_the_start_position_is_not_committed_again() -> None:
+    po = _reading(42, 43)
+    assert po.needs_commit() is None
+    po.finish(43)  # out of order: watermark still at the start
+    assert po.needs_commit() is None
+    po.finish(42)
+    assert po.needs_commit() == 44
+
+
+def test_a_commit_recorded_before_the_first_read_is_kept() -> None:
+    po = PartitionOffsets()
+    po.mark_committed(7)
+    po.read(9)
+    assert po.committed == 7
+    assert po.needs_commit() == 9
 
 
 def test_one_read_finished_commits_one_past_it() -> None:
@@ -168,9 +187,7 @@ def test_reads_after_a_drained_prefix() -> None:
 
 def test_needs_commit_only_when_the_watermark_moved_past_the_last_commit() -> None:
     po = _reading(0, 1, 2)
-    assert po.needs_commit() == 0
-    po.mark_committed(0)
-    assert po.committed == 0
+    assert po.committed == 0  # the start position
     assert po.needs_commit() is None
     po.finish(1)  # out of order: watermark stays at 0
     assert po.needs_commit() is None
@@ -201,7 +218,7 @@ def test_needs_commit_does_not_mark_anything() -> None:
     po.finish(0)
     assert po.needs_commit() == 1
     assert po.needs_commit() == 1
-    assert po.committed is None
+    assert po.committed == 0
 
 
 # ---- property: watermark = one past the longest finished prefix ----
@@ -287,11 +304,9 @@ def test_property_needs_commit_reports_each_advance_once(
     po = PartitionOffsets()
     for offset in offsets:
         po.read(offset)
-    commits: list[int] = []
-    first = po.needs_commit()
-    assert first == offsets[0]
-    po.mark_committed(first)
-    commits.append(first)
+    assert po.needs_commit() is None  # the start position counts as committed
+    assert po.committed == offsets[0]
+    commits: list[int] = [offsets[0]]
     for offset in finish_order:
         po.finish(offset)
         target = po.needs_commit()
