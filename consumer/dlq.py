@@ -162,6 +162,12 @@ class DlqWriter:
 
         return done
 
+    def close(self, timeout_s: float) -> int:
+        """Flush, then let the producer go (its threads and connections with it)."""
+        left = self.flush(timeout_s)
+        self._producer = None
+        return left
+
     def flush(self, timeout_s: float) -> int:
         """Produce and wait; returns how many records are still unacknowledged."""
         deadline = time.monotonic() + timeout_s

@@ -7,6 +7,7 @@ refuses them).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -25,6 +26,8 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "max.poll.interval.ms": 300000,
         "session.timeout.ms": 45000,
         "client.id": f"gr-s2s-consumer-{os.getpid()}",
+        # librdkafka's own log lines go through ours: same format, same redaction.
+        "logger": logging.getLogger("librdkafka.consumer"),
     }
     conf.update(settings.kafka_common())
     if conf.get("group.protocol") == "consumer":
@@ -46,7 +49,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 _CONSUMER_ONLY = re.compile(
     r"^(group\.|partition\.assignment|session\.timeout|heartbeat|max\.poll|auto\.offset|"
     r"fetch\.|queued\.|isolation\.level|check\.crcs|enable\.auto|auto\.commit|"
-    r"coordinator\.query|consume\.|allow\.auto\.create)"
+    r"coordinator\.query|consume\.|allow\.auto\.create|max\.partition\.fetch)"
 )
 
 
@@ -61,6 +64,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
             "acks": "all",
             "linger.ms": 5,
             "client.id": f"gr-s2s-consumer-dlq-{os.getpid()}",
+            "logger": logging.getLogger("librdkafka.producer"),
         }
     )
     conf.update(overrides)

@@ -20,6 +20,7 @@ import queue
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -138,8 +139,10 @@ class Worker:
         self._last_commit = 0.0
         self._linger_s = settings.batch_linger_ms / 1000.0
         self._buffered_bytes = 0
+        self._draining = False
         self._part_cap_events = 4 * settings.batch_max_events
         self.stats = {"consumed": 0, "delivered": 0, "dead_lettered": 0, "batches": 0}
+        self.dead_lettered_by_reason: Counter[str] = Counter()
 
     # ---- lifecycle ----
 
@@ -256,6 +259,7 @@ class Worker:
         def acked() -> None:
             self.metrics.events_dead_lettered.labels(reason).inc()
             self.stats["dead_lettered"] += 1
+            self.dead_lettered_by_reason[reason] += 1
             cur = self._parts.get(st.tp)
             if cur is not None and cur.generation == generation:
                 cur.dlq_unacked -= 1
@@ -342,8 +346,8 @@ class Worker:
     # ---- flow control ----
 
     def _manage_pauses(self, consumer: Consumer) -> None:
-        if not self._parts:
-            return
+        if not self._parts or self._draining:
+            return  # while draining everything stays paused
         cap_total = self.settings.max_buffered_bytes
         over_total = self._buffered_bytes >= cap_total
         cap_part_bytes = max(
@@ -506,6 +510,7 @@ class Worker:
     def _drain(self, consumer: Consumer) -> None:
         """Stop fetching, deliver what is held within the shutdown timeout."""
         self.health.stopping()
+        self._draining = True
         deadline = time.monotonic() + self.settings.shutdown_timeout_s
         if self._parts:
             consumer.pause([TopicPartition(*tp) for tp in self._parts])
@@ -529,7 +534,7 @@ class Worker:
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed", extra={"error": str(exc)})
         self._pool.shutdown(wait=False, cancel_futures=True)
-        left = self._dlq.flush(5.0)
+        left = self._dlq.close(5.0)
         if left:
             log.warning("dlq records unacknowledged at exit", extra={"count": left})
         self._client.close()

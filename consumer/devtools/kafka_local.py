@@ -322,3 +322,30 @@ def committed_with_retry(
             if not retriable or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m consumer.devtools.kafka_local fetch|serve`: jars only, or a broker until ^C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m consumer.devtools.kafka_local")
+    parser.add_argument("action", choices=["fetch", "serve"])
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    libs = ensure_jars()
+    if args.action == "fetch":
+        print(f"Kafka {KAFKA_VERSION} jars in {libs} ({time.monotonic() - started:.1f}s)")
+        return 0
+    broker = LocalKafka()
+    broker.start()
+    print(f"Kafka {KAFKA_VERSION} listening on {broker.bootstrap} (data {broker.data_dir})")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        broker.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

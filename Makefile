@@ -1,0 +1,58 @@
+# Every target sets up what it needs on first use: a virtual environment with
+# the pinned packages (requirements-dev.lock) and the Kafka broker's jars
+# (Maven Central, cached under ~/.cache/gr-s2s-consumer).
+#
+#   make demo    the whole flow on this machine
+#   make test    lint, types, schema drift, unit + integration + fault (CI size) + deploy checks
+#   make bench   the benchmarks (long; not part of test)
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup kafka-jars lint test test-fast test-full demo bench deploy-check clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements-dev.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $@
+
+kafka-jars: setup
+	$(BIN)/python -m consumer.devtools.kafka_local fetch
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m consumer.schema_export --check
+
+# The README's test command; .ci/run calls exactly this.
+test: lint kafka-jars
+	$(BIN)/pytest -m "not full" --durations=15
+	bash scripts/deploy-check.sh
+
+# Quick loop while coding: no broker, no deploy tools.
+test-fast: setup
+	$(BIN)/pytest -m "not integration and not fault"
+
+# The fault suite at full size (see README: Faults).
+test-full: setup kafka-jars
+	GR_FAULT_SCALE=full $(BIN)/pytest -m "fault" -s
+
+demo: setup kafka-jars
+	$(BIN)/gr-consumer demo
+
+bench: setup kafka-jars
+	$(BIN)/python -m bench
+
+deploy-check: setup
+	bash scripts/deploy-check.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
