@@ -46,7 +46,7 @@ helm_stamp="$BIN_DIR/.helm-version"
 if [[ -x "$BIN_DIR/helm" && -f "$helm_stamp" && "$(cat "$helm_stamp")" == "$HELM_MODULE@$HELM_VERSION" ]]; then
     log "helm $HELM_VERSION already built"
 else
-    command -v go >/dev/null 2>&1 || { log "go is required to build helm (Go >= 1.24)"; exit 1; }
+    command -v go >/dev/null 2>&1 || { log "go is required to build helm (helm v4.3 needs Go >= 1.26)"; exit 1; }
     log "building helm $HELM_VERSION with go install (a few minutes on 2 cores)..."
     # The version is stamped the way helm's own Makefile does it, so that
     # `helm version` reports the pin rather than a development placeholder.
