@@ -34,7 +34,7 @@ lint: setup
 
 # The README's test command; .ci/run calls exactly this.
 test: lint kafka-jars
-	$(BIN)/pytest -m "not full" --durations=15
+	$(BIN)/pytest --durations=15
 	bash scripts/deploy-check.sh
 
 # Quick loop while coding: no broker, no deploy tools.

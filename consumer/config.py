@@ -57,6 +57,15 @@ class Secret:
         return hash(self._value)
 
 
+def key_problem(key: str) -> str | None:
+    """Why a key cannot go in an HTTP header, without ever quoting it."""
+    if key != key.strip():
+        return "has surrounding blanks"
+    if not all(0x21 <= ord(c) <= 0x7E for c in key):
+        return "has characters an HTTP header cannot carry (printable ASCII only)"
+    return None
+
+
 def is_secret_kafka_key(key: str) -> bool:
     return any(word in key for word in _SECRET_WORDS)
 
@@ -74,12 +83,17 @@ class ApiKeySource:
         assert self.file is not None
         try:
             text = self.file.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError("GR_API_KEY_FILE", f"{self.file} is not UTF-8 text") from None
         except OSError as exc:
             raise ConfigError(
                 "GR_API_KEY_FILE", f"cannot read {self.file}: {exc.strerror}"
             ) from None
         if not text:
             raise ConfigError("GR_API_KEY_FILE", f"{self.file} is empty")
+        problem = key_problem(text)
+        if problem:
+            raise ConfigError("GR_API_KEY_FILE", f"the key in {self.file} {problem}")
         return Secret(text)
 
     def describe(self) -> str:
@@ -192,7 +206,7 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     raise ConfigError(name, f"must be one of {', '.join(choices)} (got {raw!r})")
 
 
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC_NAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}$")  # Kafka forbids . and ..
 
 
 def _topics(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -235,8 +249,9 @@ def _api_key(env: Mapping[str, str]) -> ApiKeySource:
     if key and key_file:
         raise ConfigError("GR_API_KEY", "set either GR_API_KEY or GR_API_KEY_FILE, not both")
     if key:
-        if key != key.strip() or any(c in key for c in "\r\n\0"):
-            raise ConfigError("GR_API_KEY", "has surrounding blanks or control characters")
+        problem = key_problem(key)
+        if problem:
+            raise ConfigError("GR_API_KEY", problem)
         return ApiKeySource(value=Secret(key))
     if key_file:
         source = ApiKeySource(file=Path(key_file))
@@ -248,10 +263,17 @@ def _api_key(env: Mapping[str, str]) -> ApiKeySource:
 def _base_url(env: Mapping[str, str]) -> str:
     raw = env.get("GR_BASE_URL", "").strip() or DEFAULT_BASE_URL
     parts = urlsplit(raw)
+    if "@" in raw or parts.username or parts.password:
+        # checked first: the value may hold a password, so it is never echoed
+        raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("GR_BASE_URL", f"must be an http(s) URL (got {raw!r})")
-    if parts.username or parts.password:
-        raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError("GR_BASE_URL", f"has an invalid port (got {raw!r})")
     if parts.query or parts.fragment:
         raise ConfigError("GR_BASE_URL", "must not have a query or fragment")
     return raw.rstrip("/")
@@ -264,15 +286,18 @@ def load(env: Mapping[str, str]) -> Settings:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", "is required (host:port[,host:port...])")
     for server in bootstrap.split(","):
         host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", f"{server.strip()!r} is not host:port")
     group = env.get("KAFKA_GROUP_ID", "").strip() or "gr-s2s-consumer"
     dlq = env.get("KAFKA_DLQ_TOPIC", "").strip() or "game-events.dlq"
     if not _TOPIC_NAME.match(dlq):
         raise ConfigError("KAFKA_DLQ_TOPIC", f"{dlq!r} is not a valid topic name")
     topics = _topics(env)
-    if dlq in topics:
-        raise ConfigError("KAFKA_DLQ_TOPIC", "must not be one of KAFKA_TOPICS")
+    for topic in topics:
+        if dlq == topic or (topic.startswith("^") and re.match(topic, dlq)):
+            raise ConfigError(
+                "KAFKA_DLQ_TOPIC", f"{dlq!r} is matched by KAFKA_TOPICS: the worker would read it"
+            )
     batch_max_bytes = _int(env, "GR_BATCH_MAX_BYTES", 1_048_576, 1024, 64 * 1024 * 1024)
     event_max = _int(env, "GR_EVENT_MAX_BYTES", min(262_144, batch_max_bytes - 16), 64, 16 << 20)
     if event_max + 16 > batch_max_bytes:

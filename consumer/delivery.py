@@ -161,7 +161,12 @@ class Deliverer:
         body = batch.body
         for attempt in retrying:
             with attempt:
-                job.sleep(self._pacer.reserve())
+                delay = self._pacer.reserve()
+                try:
+                    job.sleep(delay)
+                except JobAbandonedError:
+                    self._pacer.unanswered()
+                    raise
                 result.requests += 1
                 return self._attempt(batch, body)
         raise AssertionError("unreachable: tenacity retries forever")  # pragma: no cover
@@ -171,12 +176,18 @@ class Deliverer:
         try:
             resp = self._client.post(batch.route, body)
         except TransportError as exc:
+            self._pacer.unanswered()
             self._observer.on_response(endpoint, 0, 0.0)
             raise _SendAgainError("transport") from exc
+        except BaseException:
+            self._pacer.unanswered()
+            raise
         self._observer.on_response(endpoint, resp.status, resp.elapsed_s)
         rl = RateLimitHeaders.parse(resp.headers)
         if rl is not None:
             self._pacer.observe(rl)
+        else:
+            self._pacer.unanswered()
         action = decide(resp.status, len(batch.items))
         if action is Action.HALT:
             self._observer.on_key_rejected(resp.status)

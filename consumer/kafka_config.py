@@ -30,7 +30,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "logger": logging.getLogger("librdkafka.consumer"),
     }
     conf.update(settings.kafka_common())
-    if conf.get("group.protocol") == "consumer":
+    if str(conf.get("group.protocol", "")).lower() == "consumer":
         # KIP-848: assignment and session timing are the broker's business now.
         for key in ("partition.assignment.strategy", "session.timeout.ms"):
             conf.pop(key, None)
@@ -74,6 +74,14 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 _PROPERTY = re.compile(r'property[^"]*"([^"]+)"')
 
 
+def _mentioned_key(text: str, settings: Settings) -> str | None:
+    """The user's pass-through key that librdkafka's message names, longest first."""
+    for key in sorted(settings.kafka_extra, key=len, reverse=True):
+        if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w.])", text):
+            return key
+    return None
+
+
 def validate_librdkafka(settings: Settings) -> None:
     """Let librdkafka itself judge the pass-through settings; name the variable it rejects."""
     from confluent_kafka import Consumer, KafkaException
@@ -84,9 +92,10 @@ def validate_librdkafka(settings: Settings) -> None:
     except (KafkaException, ValueError, TypeError) as exc:
         text = str(exc)
         match = _PROPERTY.search(text)
-        key = match.group(1) if match else None
+        key = match.group(1) if match else _mentioned_key(text, settings)
         variable = "KAFKA_" + key.upper().replace(".", "_") if key else "KAFKA_*"
         for secret in settings.librdkafka_secrets().values():
-            text = text.replace(secret, "***")
+            if secret:
+                text = text.replace(secret, "***")
         raise ConfigError(variable, f"rejected by librdkafka: {text}") from None
     client.close()

@@ -36,6 +36,8 @@ class PartitionOffsets:
         self._outstanding.append(offset)
 
     def finish(self, offset: int) -> None:
+        if self._last_read is None or offset > self._last_read:
+            return  # never read here (a stale callback): nothing to finish
         self._done.add(offset)
         self._advance()
 

@@ -10,6 +10,7 @@ fixed cap of this worker's own. Clocks are injected: this module does no I/O.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,13 +34,21 @@ class RateLimitHeaders:
             reset = float(headers["X-RateLimit-Reset"])
         except (KeyError, ValueError, TypeError):
             return None
-        if limit <= 0 or remaining < 0 or reset != reset:
+        if limit <= 0 or remaining < 0 or not math.isfinite(reset):
             return None
         return RateLimitHeaders(limit, remaining, reset)
 
 
 class Pacer:
-    """Hands out send slots to delivery threads; thread-safe."""
+    """Hands out send slots to delivery threads; thread-safe.
+
+    Every `reserve()` must be matched by one `observe()` (an answer with the
+    headers) or `unanswered()` (none: a transport error, headers missing, or
+    the request never sent), so the pacer knows how many of its own requests
+    the API has not counted yet.
+    """
+
+    _MIN_SHARE = 1 / 64
 
     def __init__(
         self,
@@ -58,8 +67,13 @@ class Pacer:
         self._remaining = 0
         self._reset_unix: float | None = None
         self._reset_mono = 0.0
-        self._sent_since_seen = 0
+        self._in_flight = 0
         self._next_slot = 0.0
+        # This worker's share of the key's use, learnt from how fast
+        # `remaining` falls against its own answered requests.
+        self._share = 1.0
+        self._window_first_remaining = 0
+        self._own_in_window = 0
 
     @property
     def remaining(self) -> int | None:
@@ -70,6 +84,10 @@ class Pacer:
     def limit(self) -> int | None:
         return self._limit
 
+    @property
+    def share(self) -> float:
+        return self._share
+
     def reserve(self) -> float:
         """Claim the next slot; returns how long the caller must wait before sending."""
         with self._lock:
@@ -77,37 +95,52 @@ class Pacer:
             interval = self._cap_interval
             earliest = now
             if self._limit is not None:
+                per_window = self._window_s / (self._limit * self._share)
                 if now < self._reset_mono:
-                    left = self._remaining - self._sent_since_seen
+                    left = self._remaining - self._in_flight
                     if left <= 0:
                         # Budget spent: the first slot is the new window.
                         earliest = self._reset_mono
-                        interval = max(interval, self._window_s / self._limit)
+                        interval = max(interval, per_window)
                     else:
-                        interval = max(interval, (self._reset_mono - now) / left)
+                        interval = max(interval, (self._reset_mono - now) / (left * self._share))
                 else:
-                    interval = max(interval, self._window_s / self._limit)
+                    interval = max(interval, per_window)
             slot = max(earliest, self._next_slot)
             self._next_slot = slot + interval
-            self._sent_since_seen += 1
+            self._in_flight += 1
             return slot - now
+
+    def unanswered(self) -> None:
+        """A reserved request that got no rate-limit headers (or was never sent)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
 
     def observe(self, rl: RateLimitHeaders) -> None:
         """Learn from a response's headers (answers may come back out of order)."""
         with self._lock:
+            self._in_flight = max(0, self._in_flight - 1)
             now_wall, now_mono = self._wall(), self._mono()
             if self._reset_unix is None or rl.reset_unix > self._reset_unix:
-                if self._reset_unix is not None and rl.reset_unix - self._reset_unix < 3600:
-                    self._window_s = rl.reset_unix - self._reset_unix
+                used = self._window_first_remaining - self._remaining
+                if self._reset_unix is not None and used >= 10:
+                    # Our share of the key over the whole window that just ended:
+                    # every worker measures the same stretch, so the shares add up.
+                    share = self._own_in_window / used
+                    self._share = min(1.0, max(self._MIN_SHARE, share))
+                if self._reset_unix is not None:
+                    # Two resets bound the window from above (idle windows in
+                    # between make the gap longer, never shorter): only shrink.
+                    gap = rl.reset_unix - self._reset_unix
+                    if 0 < gap < self._window_s:
+                        self._window_s = gap
                 self._reset_unix = rl.reset_unix
                 self._remaining = rl.remaining
-                self._sent_since_seen = 0
+                self._window_first_remaining = rl.remaining
+                self._own_in_window = 0
             elif rl.reset_unix == self._reset_unix:
-                if rl.remaining < self._remaining:
-                    self._sent_since_seen = max(
-                        0, self._sent_since_seen - (self._remaining - rl.remaining)
-                    )
-                    self._remaining = rl.remaining
+                self._own_in_window += 1
+                self._remaining = min(self._remaining, rl.remaining)
             else:
                 return  # an answer from a window already gone
             self._limit = rl.limit
@@ -118,5 +151,3 @@ class Pacer:
         with self._lock:
             now = self._mono()
             self._next_slot = max(self._next_slot, now + seconds)
-            self._remaining = 0
-            self._sent_since_seen = 0

@@ -206,11 +206,6 @@ def test_bootstrap_servers_bad(servers: str) -> None:
     assert "is not host:port" in exc.problem
 
 
-@pytest.mark.xfail(
-    reason="BUG: config.load checks the port with str.isdigit(), which is true for '²' "
-    "(and other non-decimal digits), then int() raises ValueError instead of ConfigError",
-    strict=True,
-)
 @pytest.mark.parametrize("servers", ["broker:²", "broker:9²"])
 def test_bootstrap_servers_with_non_decimal_digits(servers: str) -> None:
     assert_refused(env(KAFKA_BOOTSTRAP_SERVERS=servers), "KAFKA_BOOTSTRAP_SERVERS")
@@ -231,10 +226,6 @@ def test_topics_limits_and_regex() -> None:
     assert load(env(KAFKA_TOPICS="^x[0-9]+$,y")).topics == ("^x[0-9]+$", "y")
 
 
-@pytest.mark.xfail(
-    reason="BUG: Kafka forbids the topic names '.' and '..', but _TOPIC_NAME accepts them",
-    strict=True,
-)
 @pytest.mark.parametrize(("variable", "name"), [("KAFKA_TOPICS", "."), ("KAFKA_DLQ_TOPIC", "..")])
 def test_dot_topic_names_are_refused(variable: str, name: str) -> None:
     assert_refused(env(**{variable: name}), variable)
@@ -251,12 +242,6 @@ def test_dlq_topic_must_not_be_consumed() -> None:
     assert_refused(env(KAFKA_TOPICS="game-events.dlq"), "KAFKA_DLQ_TOPIC")
 
 
-@pytest.mark.xfail(
-    reason="BUG: the DLQ topic is only compared with the literal KAFKA_TOPICS entries; a "
-    "regex entry such as '^game-events.*' also subscribes the default DLQ "
-    "'game-events.dlq', so dead letters are consumed again",
-    strict=True,
-)
 def test_dlq_topic_must_not_match_a_topic_regex() -> None:
     assert_refused(env(KAFKA_TOPICS="^game-events.*"), "KAFKA_DLQ_TOPIC")
 
@@ -378,12 +363,6 @@ def test_api_key_with_blanks_or_control_characters(bad: str) -> None:
     assert bad.strip() not in str(exc)
 
 
-@pytest.mark.xfail(
-    reason="BUG: GR_API_KEY is not checked to be printable ASCII; a key such as "
-    "'gr-live-€' loads, then http.client cannot encode the X-API-Key header "
-    "(UnicodeEncodeError, not a urllib3 error) on every request",
-    strict=True,
-)
 def test_api_key_must_be_sendable_as_a_header() -> None:
     assert_refused(env(GR_API_KEY="gr-live-Zq8xK3vN7pT2-€"), "GR_API_KEY")
 
@@ -437,12 +416,6 @@ def test_api_key_file_emptied_after_start_raises_config_error(tmp_path: Path) ->
         s.api_key.read()
 
 
-@pytest.mark.xfail(
-    reason="BUG: ApiKeySource.read only catches OSError; a key file that is not UTF-8 "
-    "raises UnicodeDecodeError (not ConfigError), which load() lets escape and "
-    "S2SClient.reload_key (catching GrError) does not catch",
-    strict=True,
-)
 def test_api_key_file_not_utf8(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_bytes(b"\xff\xfekey-\x80\x81")
@@ -451,11 +424,6 @@ def test_api_key_file_not_utf8(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: a key file's content is not checked like GR_API_KEY is: a newline or NUL "
-    "inside the key ('abc\\ndef') loads and would be sent as a broken X-API-Key header",
-    strict=True,
-)
 @pytest.mark.parametrize("content", ["gr-live-abc\ngr-live-def\n", "gr-live-abc\r\nX-Evil: 1"])
 def test_api_key_file_with_control_characters(tmp_path: Path, content: str) -> None:
     key_file = tmp_path / "key"
@@ -616,22 +584,11 @@ def test_boundary_values_are_accepted(variable: str, value: str) -> None:
     load(env(**{variable: value}))
 
 
-@pytest.mark.xfail(
-    reason="BUG: _base_url never reads urlsplit(...).port, so an impossible port "
-    "('https://host:99999', 'https://host:abc') loads and fails at the first request",
-    strict=True,
-)
 @pytest.mark.parametrize("url", ["https://host:99999", "https://host:abc", "http://host:-1"])
 def test_base_url_with_a_bad_port(url: str) -> None:
     assert_refused(env(GR_BASE_URL=url), "GR_BASE_URL")
 
 
-@pytest.mark.xfail(
-    reason="BUG: _base_url's first message echoes the whole URL (got {raw!r}) before the "
-    "credential check, so 'ftp://user:<password>@host' or 'https://user:<password>@' "
-    "puts the password in the ConfigError",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "url", [f"ftp://user:{API_KEY}@host", f"https://user:{API_KEY}@", f"user:{API_KEY}@host"]
 )

@@ -319,11 +319,6 @@ def test_property_needs_commit_reports_each_advance_once(
     assert commits[-1] == po.committable
 
 
-@pytest.mark.xfail(
-    reason="BUG: finish() of an offset not yet read is remembered in _done and later "
-    "counts that record as finished the moment it is read, before it was delivered",
-    strict=True,
-)
 def test_finishing_an_offset_before_it_is_read_does_not_finish_the_later_read() -> None:
     po = _reading(5)
     po.finish(6)  # a stray finish (e.g. a stale delivery result) for an offset not read yet
