@@ -141,7 +141,13 @@ class Worker:
         self._buffered_bytes = 0
         self._draining = False
         self._part_cap_events = 4 * settings.batch_max_events
-        self.stats = {"consumed": 0, "delivered": 0, "dead_lettered": 0, "batches": 0}
+        self.stats = {
+            "consumed": 0,
+            "delivered": 0,
+            "dead_lettered": 0,
+            "batches": 0,
+            "requests": 0,
+        }
         self.dead_lettered_by_reason: Counter[str] = Counter()
 
     # ---- lifecycle ----
@@ -336,6 +342,7 @@ class Worker:
             self.stats["delivered"] += n
         if result.requests:
             self.stats["batches"] += 1
+            self.stats["requests"] += result.requests
             self.metrics.batch_size.observe(len(result.accepted) or len(job.batch.items))
         for rejection in result.rejected:
             self._dead_letter_rejection(st, rejection)
