@@ -49,13 +49,13 @@ def _walk_strings(node: Any) -> list[str]:
 
 
 def _volume(r: Rendered, name: str) -> Manifest:
-    found = [v for v in r.pod_spec["volumes"] if v["name"] == name]
+    found: list[Manifest] = [v for v in r.pod_spec["volumes"] if v["name"] == name]
     assert len(found) == 1, f"volume {name}: {r.pod_spec['volumes']}"
     return found[0]
 
 
 def _mount(r: Rendered, name: str) -> Manifest:
-    found = [m for m in r.container["volumeMounts"] if m["name"] == name]
+    found: list[Manifest] = [m for m in r.container["volumeMounts"] if m["name"] == name]
     assert len(found) == 1, f"mount {name}: {r.container['volumeMounts']}"
     return found[0]
 
