@@ -25,7 +25,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 
 CHART="helm/gr-s2s-consumer"
 K8S_VERSION="${K8S_VERSION:-1.37.0}"
@@ -57,7 +57,8 @@ while IFS='=' read -r key value; do
     esac
 done <<<"$tool_env"
 TOOLS_PY="$(dirname "$CHECKOV")/python"
-export PATH="$(dirname "$HELM"):$PATH" # checkov's helm framework runs `helm template`
+HELM_DIR="$(dirname "$HELM")"
+export PATH="$HELM_DIR:$PATH" # checkov's helm framework runs `helm template`
 "$HELM" version --short
 
 scenarios=("$CHART"/ci/*-values.yaml)
@@ -127,7 +128,7 @@ fi
 
 # --- 4. hadolint --------------------------------------------------------------------
 step "hadolint Dockerfile"
-"$HADOLINT" Dockerfile && echo "hadolint: no findings" || fail "hadolint Dockerfile"
+if "$HADOLINT" Dockerfile; then echo "hadolint: no findings"; else fail "hadolint Dockerfile"; fi
 
 # --- 5. checkov ---------------------------------------------------------------------
 # checkov exits 0 when it cannot render a chart (it only logs a warning), so
