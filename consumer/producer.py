@@ -257,6 +257,8 @@ class GameRebellionKafka:
         self._on_delivery = on_delivery
         self._decoder = EventDecoder(max_bytes=max_event_bytes, strict_types=strict_types)
         self._queue_full_timeout = queue_full_timeout_s
+        self._lock = threading.Lock()
+        self._pending = 0
         self._closed = threading.Event()
         self._poller = threading.Thread(
             target=self._poll_loop, name="gr-producer-poll", daemon=True
@@ -293,6 +295,12 @@ class GameRebellionKafka:
     def topic(self) -> str:
         return self._topic
 
+    @property
+    def pending(self) -> int:
+        """Events produced whose delivery is not yet known (acknowledged or failed)."""
+        with self._lock:
+            return self._pending
+
     # ---- the vendor client's calls -------------------------------------------------
 
     def track_event(
@@ -312,9 +320,7 @@ class GameRebellionKafka:
         encoded: list[tuple[bytes, Mapping[str, Any]]] = []
         for i, event in enumerate(events):
             if not isinstance(event, Mapping):
-                raise InvalidEventError(
-                    None, "schema_violation", f"batch item {i} is not a mapping"
-                )
+                raise InvalidEventError(None, "schema_violation", f"batch item {i}: not a mapping")
             envelope = _envelope(
                 event.get("event_type"),
                 event.get("payload"),
@@ -497,9 +503,11 @@ class GameRebellionKafka:
             if self._closed.is_set():
                 raise DeliveryError("the client is closed", topic=self._topic, key=key)
             try:
-                self._producer.produce(
-                    self._topic, value=value, key=key, on_delivery=self._callback(future, key)
-                )
+                with self._lock:
+                    self._producer.produce(
+                        self._topic, value=value, key=key, on_delivery=self._callback(future, key)
+                    )
+                    self._pending += 1
                 return future
             except BufferError:
                 if time.monotonic() >= deadline:
@@ -518,6 +526,8 @@ class GameRebellionKafka:
         self, future: Future[DeliveryReport], key: bytes | None
     ) -> Callable[[Any, Any], None]:
         def done(err: Any, msg: Any) -> None:
+            with self._lock:
+                self._pending -= 1
             if err is None:
                 report = DeliveryReport(msg.topic(), msg.partition(), msg.offset(), key)
                 future.set_result(report)

@@ -743,7 +743,7 @@ def _summary(
 ) -> int:
     sent = sum(outcome.sent.values())
     targets = ", ".join(f"{t} {n:,}" for t, n in sorted(outcome.sent.items()))
-    label = "would send" if args.dry_run else "replayed  "
+    label = "selected  " if args.dry_run else "replayed  "
     print(f"{label} {sent:,} records{': ' + targets if targets else ''}")
     if outcome.skipped:
         skipped = ", ".join(f"{k} filter {n:,}" for k, n in sorted(outcome.skipped.items()))
