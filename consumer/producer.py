@@ -31,8 +31,9 @@ What it promises:
   function of the event.
 - An idempotent producer with `acks=all`: an acknowledged event is durable
   and a retry inside the producer never writes it twice.
-- Every call returns a `concurrent.futures.Future` that resolves to a
-  `DeliveryReport` or fails with `DeliveryError`; `on_delivery=` is called
+- Every call returns a `DeliveryFuture` (the `concurrent.futures.Future`
+  calls: `result`, `exception`, `done`, `add_done_callback`) that resolves
+  to a `DeliveryReport` or fails with `DeliveryError`; `on_delivery=` is called
   with the report of each event, delivered or not. Both run on the client's
   background thread, which serves librdkafka's callbacks while it is open.
 - `flush()` waits for what is in flight; `close()` (and leaving a `with`
@@ -54,7 +55,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -68,6 +68,7 @@ from consumer.kafka_config import producer_config
 
 __all__ = [
     "DeliveryError",
+    "DeliveryFuture",
     "DeliveryReport",
     "GameRebellionKafka",
     "InvalidEventError",
@@ -155,6 +156,66 @@ class DeliveryReport:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+class DeliveryFuture:
+    """The outcome of one event, known once Kafka acknowledged it or gave up.
+
+    The calls of `concurrent.futures.Future` that make sense here: `done()`,
+    `result(timeout)` (the `DeliveryReport`, or raises its `DeliveryError`),
+    `exception(timeout)`, `add_done_callback(fn)`; no `cancel()`, since an
+    event handed to librdkafka cannot be taken back. A timeout raises
+    `TimeoutError`. Lighter than a `concurrent.futures.Future` (which builds
+    a Condition per instance): the futures of one client share its condition.
+    """
+
+    __slots__ = ("_callbacks", "_cond", "_report")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self._cond = cond
+        self._report: DeliveryReport | None = None
+        self._callbacks: list[Callable[[DeliveryFuture], None]] | None = None
+
+    def done(self) -> bool:
+        return self._report is not None
+
+    def result(self, timeout: float | None = None) -> DeliveryReport:
+        report = self._wait(timeout)
+        if report.error is not None:
+            raise report.error
+        return report
+
+    def exception(self, timeout: float | None = None) -> DeliveryError | None:
+        return self._wait(timeout).error
+
+    def add_done_callback(self, fn: Callable[[DeliveryFuture], None]) -> None:
+        """`fn(future)` once the outcome is known: at once if it is, else on the client's
+        delivery thread."""
+        with self._cond:
+            if self._report is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _wait(self, timeout: float | None) -> DeliveryReport:
+        with self._cond:
+            if not self._cond.wait_for(self.done, timeout):
+                raise TimeoutError(f"delivery not known after {timeout}s")
+            assert self._report is not None
+            return self._report
+
+    def _resolve(self, report: DeliveryReport) -> None:
+        with self._cond:
+            self._report = report
+            callbacks, self._callbacks = self._callbacks, None
+            self._cond.notify_all()
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:  # one caller's callback must not stop the others
+                log.exception("done callback raised")
 
 
 def player_id_key(event: Mapping[str, Any]) -> str | None:
@@ -258,6 +319,7 @@ class GameRebellionKafka:
         self._decoder = EventDecoder(max_bytes=max_event_bytes, strict_types=strict_types)
         self._queue_full_timeout = queue_full_timeout_s
         self._lock = threading.Lock()
+        self._cond = threading.Condition()  # shared by this client's futures
         self._pending = 0
         self._closed = threading.Event()
         self._poller = threading.Thread(
@@ -309,11 +371,11 @@ class GameRebellionKafka:
         payload: Mapping[str, Any],
         identifiers: Mapping[str, Any] | None = None,
         utm: Mapping[str, Any] | None = None,
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         """One event. Raises `InvalidEventError` (nothing sent) when it fails the schema."""
         return self._send(self._encode(_envelope(event_type, payload, identifiers, utm)))
 
-    def track_batch(self, events: Iterable[Mapping[str, Any]]) -> list[Future[DeliveryReport]]:
+    def track_batch(self, events: Iterable[Mapping[str, Any]]) -> list[DeliveryFuture]:
         """Several events, each an envelope (`event_type`, `payload`, optional `identifiers`,
         `utm`). All are checked first: if one is bad, `InvalidEventError` names its index
         and none is sent. Each is its own Kafka record (the consumer batches them again)."""
@@ -343,7 +405,7 @@ class GameRebellionKafka:
         identifiers: Mapping[str, Any] | None = None,
         utm: Mapping[str, Any] | None = None,
         **fields: Any,
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         """An `impression`; other keyword arguments (placement=, creative_id=) join the payload."""
         return self._shortcut("impression", {"campaign_id": campaign_id}, identifiers, utm, fields)
 
@@ -354,7 +416,7 @@ class GameRebellionKafka:
         identifiers: Mapping[str, Any] | None = None,
         utm: Mapping[str, Any] | None = None,
         **fields: Any,
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         """A `click`; other keyword arguments join the payload."""
         return self._shortcut("click", {"campaign_id": campaign_id}, identifiers, utm, fields)
 
@@ -366,7 +428,7 @@ class GameRebellionKafka:
         identifiers: Mapping[str, Any] | None = None,
         utm: Mapping[str, Any] | None = None,
         **fields: Any,
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         """A `conversion`; other keyword arguments (value=) join the payload."""
         required = {"campaign_id": campaign_id, "conversion_type": conversion_type}
         return self._shortcut("conversion", required, identifiers, utm, fields)
@@ -378,7 +440,7 @@ class GameRebellionKafka:
         identifiers: Mapping[str, Any] | None = None,
         utm: Mapping[str, Any] | None = None,
         **fields: Any,
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         """A `session_start` (the consumer sends it to /api/v1/sessions/start)."""
         return self._session("session_start", session_id, identifiers, utm, fields)
 
@@ -389,7 +451,7 @@ class GameRebellionKafka:
         identifiers: Mapping[str, Any] | None = None,
         utm: Mapping[str, Any] | None = None,
         **fields: Any,
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         """A `session_stop` (to /api/v1/sessions/stop)."""
         return self._session("session_stop", session_id, identifiers, utm, fields)
 
@@ -400,13 +462,13 @@ class GameRebellionKafka:
         identifiers: Mapping[str, Any] | None = None,
         utm: Mapping[str, Any] | None = None,
         **fields: Any,
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         """A `session_end` (to /api/v1/sessions/end); e.g. reason="normal" joins the payload."""
         return self._session("session_end", session_id, identifiers, utm, fields)
 
     # ---- already-encoded events ------------------------------------------------------
 
-    def publish_json(self, value: bytes) -> Future[DeliveryReport]:
+    def publish_json(self, value: bytes) -> DeliveryFuture:
         """One event already encoded as JSON: checked as is and produced byte for byte
         (what `gr-consumer publish` does with each line). Keyed by the same key function."""
         verdict = self._decoder.decode(value)
@@ -466,7 +528,7 @@ class GameRebellionKafka:
         identifiers: Mapping[str, Any] | None,
         utm: Mapping[str, Any] | None,
         fields: dict[str, Any],
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         payload = {**{k: v for k, v in fields.items() if v is not None}, **required}
         return self._send(self._encode(_envelope(event_type, payload, identifiers, utm)))
 
@@ -477,7 +539,7 @@ class GameRebellionKafka:
         identifiers: Mapping[str, Any] | None,
         utm: Mapping[str, Any] | None,
         fields: dict[str, Any],
-    ) -> Future[DeliveryReport]:
+    ) -> DeliveryFuture:
         return self._shortcut(event_type, {"session_id": session_id}, identifiers, utm, fields)
 
     def _encode(self, event: dict[str, Any]) -> tuple[bytes, Mapping[str, Any]]:
@@ -490,27 +552,28 @@ class GameRebellionKafka:
             raise InvalidEventError(event.get("event_type"), verdict.reason, verdict.detail)
         return value, event
 
-    def _send(self, item: tuple[bytes, Mapping[str, Any]]) -> Future[DeliveryReport]:
+    def _send(self, item: tuple[bytes, Mapping[str, Any]]) -> DeliveryFuture:
         from confluent_kafka import KafkaException
 
         value, event = item
         raw_key = self._key(event)
         key = raw_key.encode("utf-8") if isinstance(raw_key, str) else raw_key
-        future: Future[DeliveryReport] = Future()
-        future.set_running_or_notify_cancel()
-        deadline = time.monotonic() + self._queue_full_timeout
+        future = DeliveryFuture(self._cond)
+        callback = self._callback(future, key)
+        deadline: float | None = None
         while True:
             if self._closed.is_set():
                 raise DeliveryError("the client is closed", topic=self._topic, key=key)
+            with self._lock:
+                self._pending += 1  # before produce: its callback may run at once
             try:
-                with self._lock:
-                    self._producer.produce(
-                        self._topic, value=value, key=key, on_delivery=self._callback(future, key)
-                    )
-                    self._pending += 1
+                self._producer.produce(self._topic, value=value, key=key, on_delivery=callback)
                 return future
             except BufferError:
-                if time.monotonic() >= deadline:
+                self._settled()
+                now = time.monotonic()
+                deadline = deadline or now + self._queue_full_timeout
+                if now >= deadline:
                     raise DeliveryError(
                         f"librdkafka's queue stayed full for {self._queue_full_timeout:g}s",
                         code="_QUEUE_FULL",
@@ -520,21 +583,22 @@ class GameRebellionKafka:
                     ) from None
                 self._producer.poll(_QUEUE_FULL_WAIT_S)
             except KafkaException as exc:
+                self._settled()
                 raise DeliveryError.from_kafka(exc.args[0], self._topic, key) from None
 
-    def _callback(
-        self, future: Future[DeliveryReport], key: bytes | None
-    ) -> Callable[[Any, Any], None]:
+    def _settled(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def _callback(self, future: DeliveryFuture, key: bytes | None) -> Callable[[Any, Any], None]:
         def done(err: Any, msg: Any) -> None:
-            with self._lock:
-                self._pending -= 1
+            self._settled()
             if err is None:
                 report = DeliveryReport(msg.topic(), msg.partition(), msg.offset(), key)
-                future.set_result(report)
             else:
                 error = DeliveryError.from_kafka(err, self._topic, key)
                 report = DeliveryReport(self._topic, None, None, key, error)
-                future.set_exception(error)
+            future._resolve(report)
             if self._on_delivery is not None:
                 try:
                     self._on_delivery(report)

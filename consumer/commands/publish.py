@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Future
 from typing import BinaryIO
 
 from consumer.commands._progress import Progress, rate
@@ -30,7 +29,7 @@ from consumer.errors import ConfigError
 from consumer.kafka_config import validate_librdkafka
 from consumer.producer import (
     DeliveryError,
-    DeliveryReport,
+    DeliveryFuture,
     GameRebellionKafka,
     InvalidEventError,
     first_plain_topic,
@@ -78,14 +77,14 @@ class _Tally:
         self.published = 0
         self.failed: list[tuple[int, DeliveryError]] = []
 
-    def watch(self, future: Future[DeliveryReport], line_no: int) -> None:
+    def watch(self, future: DeliveryFuture, line_no: int) -> None:
         future.add_done_callback(lambda f: self._done(f, line_no))
 
     def fail(self, line_no: int, error: DeliveryError) -> None:
         with self._lock:
             self.failed.append((line_no, error))
 
-    def _done(self, future: Future[DeliveryReport], line_no: int) -> None:
+    def _done(self, future: DeliveryFuture, line_no: int) -> None:
         error = future.exception()
         if error is None:
             with self._lock:
@@ -188,7 +187,7 @@ def _publish(
     elapsed = time.monotonic() - started
 
     print(
-        f"published  {tally.published:,} of {lines:,} events to {client.topic} "
+        f"published  {tally.published:,} of {lines:,} lines to {client.topic} "
         f"in {elapsed:.1f}s ({rate(tally.published, elapsed)})"
     )
     if rejected:

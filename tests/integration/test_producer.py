@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
 
 import orjson
 import pytest
 
 from consumer.devtools.simulator import Simulator
 from consumer.events import EventDecoder, Route, Valid
-from consumer.producer import DeliveryError, DeliveryReport, GameRebellionKafka
+from consumer.producer import DeliveryError, DeliveryFuture, DeliveryReport, GameRebellionKafka
 from tests.conftest import TopicFactory
 from tests.integration.conftest import RunningWorker, SettingsFactory, wait_for
 from tests.support.kafka_io import read_all
@@ -22,7 +21,7 @@ IDS = {"player_id": "player-12345", "device_id": "device-uuid"}
 UTM = {"source": "facebook", "medium": "cpc", "campaign": "summer_2026"}
 
 
-def send_one_of_each(client: GameRebellionKafka, player: str) -> list[Future[DeliveryReport]]:
+def send_one_of_each(client: GameRebellionKafka, player: str) -> list[DeliveryFuture]:
     """The vendor client's calls, as a backend makes them."""
     ids = {"player_id": player, "device_id": None}
     return [
@@ -56,9 +55,8 @@ def test_produces_valid_events_keyed_by_player_the_consumer_accepts(
     players = [f"player-{i}" for i in range(6)]
     with GameRebellionKafka(bootstrap, topic) as client:
         futures = [f for p in players for f in send_one_of_each(client, p)]
-        done, _ = wait(futures, timeout=30)
-    reports = [f.result() for f in futures]
-    assert len(done) == len(futures) == 54
+        reports = [f.result(timeout=30) for f in futures]
+    assert len(reports) == 54
     assert all(r.ok and r.topic == topic and r.offset is not None for r in reports)
 
     records = read_all(bootstrap, topic, expect=54)

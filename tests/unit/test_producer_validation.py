@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -168,10 +167,20 @@ def test_default_key_is_the_player_id() -> None:
 def test_close_fails_what_was_not_delivered_and_refuses_new_events() -> None:
     reports: list[DeliveryReport] = []
     client = GameRebellionKafka(NO_BROKER, "t", config=QUIET, on_delivery=reports.append)
-    future: Future[DeliveryReport] = client.track_click("c", identifiers=IDS)
+    future = client.track_click("c", identifiers=IDS)
+    seen: list[object] = []
+    future.add_done_callback(seen.append)
     assert not future.done()
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.05)
     assert client.close(0) == 1
+    assert future.done()
+    assert seen == [future]
+    future.add_done_callback(seen.append)  # already done: called at once
+    assert seen == [future, future]
     assert isinstance(future.exception(0), DeliveryError)
+    with pytest.raises(DeliveryError, match="Purged"):
+        future.result()
     assert [r.ok for r in reports] == [False]
     assert reports[0].key == b"player-1"
     assert reports[0].error is not None
