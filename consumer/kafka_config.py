@@ -29,11 +29,14 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         # librdkafka's own log lines go through ours: same format, same redaction.
         "logger": logging.getLogger("librdkafka.consumer"),
     }
-    conf.update(settings.kafka_common())
-    if str(conf.get("group.protocol", "")).lower() == "consumer":
+    user = settings.kafka_common()
+    if str(user.get("group.protocol", "")).lower() == "consumer":
         # KIP-848: assignment and session timing are the broker's business now.
+        # Only our defaults go; a user's own classic-only setting is left for
+        # librdkafka to refuse by name.
         for key in ("partition.assignment.strategy", "session.timeout.ms"):
             conf.pop(key, None)
+    conf.update(user)
     conf.update(
         {
             "group.id": settings.group_id,

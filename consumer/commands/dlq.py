@@ -119,7 +119,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--until", type=_when, metavar="TIME", help="only records that failed before TIME"
     )
     rep.add_argument(
-        "--partition", type=int, action="append", help="only this DLQ partition (repeatable)"
+        "--partition",
+        type=int,
+        action="append",
+        metavar="P",
+        help="only this DLQ partition (repeatable)",
     )
     rep.add_argument(
         "--from-offset", type=int, metavar="N", help="start at DLQ offset N (in each partition)"
@@ -127,7 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rep.add_argument(
         "--to-offset", type=int, metavar="N", help="stop after DLQ offset N (in each partition)"
     )
-    rep.add_argument("--to-topic", help="send every record here instead of its source topic")
+    rep.add_argument(
+        "--to-topic", metavar="TOPIC", help="send every record here instead of its source topic"
+    )
     rep.add_argument(
         "--group", help="consumer group keeping progress (default <KAFKA_GROUP_ID>.dlq-replay)"
     )
@@ -144,7 +150,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunk", type=int, default=500, metavar="N", help="records per produce-flush-commit"
     )
     rep.add_argument(
-        "--progress-interval", type=float, default=5.0, metavar="S", help=argparse.SUPPRESS
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between progress lines when stderr is not a terminal (default 5)",
     )
     rep.set_defaults(_action=_replay)
 

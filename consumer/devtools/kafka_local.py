@@ -94,6 +94,10 @@ class LocalKafka:
     controller_port: int = field(default_factory=free_port)
     heap: str = "768m"
     extra_properties: dict[str, str] = field(default_factory=dict)
+    # users of an extra SASL_PLAINTEXT listener (mechanism PLAIN), for testing
+    # that clients authenticate by configuration alone
+    sasl_users: dict[str, str] = field(default_factory=dict)
+    sasl_port: int = field(default_factory=free_port)
     _proc: subprocess.Popen[bytes] | None = None
     _formatted: bool = False
 
@@ -104,6 +108,10 @@ class LocalKafka:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
 
     def _properties(self) -> str:
         props = {
@@ -129,6 +137,15 @@ class LocalKafka:
             "num.partitions": "1",
             "log.flush.interval.messages": "9223372036854775807",
         }
+        if self.sasl_users:
+            props["listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["advertised.listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            props["sasl.enabled.mechanisms"] = "PLAIN"
+            users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
+            props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required " + users + ";"
+            )
         props.update(self.extra_properties)
         return "".join(f"{k}={v}\n" for k, v in props.items())
 

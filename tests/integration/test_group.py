@@ -7,6 +7,7 @@ kill duplicates are allowed, loss never is.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -92,10 +93,16 @@ def test_three_workers_one_killed_one_added(
     items = list(samples.generate(n, poison_share=0.01, seed=11))
     produce(bootstrap, topic, (s.value for s in items), partitions=partitions,
             keys=(s.key for s in items))  # fmt: skip
-    simulator.set_latency((0.005, 0.03))
-    env = _env(bootstrap, topic, group, simulator, KAFKA_GROUP_PROTOCOL=protocol)
+    # small batches and some latency: the stream lasts long enough for a kill mid-stream
+    simulator.set_latency((0.02, 0.06))
+    # the classic protocol's session timeout is the client's; KIP-848's is the broker's (45 s)
+    timeout = {"KAFKA_SESSION_TIMEOUT_MS": "10000"} if protocol == "classic" else {}
+    env = _env(bootstrap, topic, group, simulator, KAFKA_GROUP_PROTOCOL=protocol,
+               GR_BATCH_MAX_EVENTS="20", **timeout)  # fmt: skip
     workers = [spawn_worker(env, tmp_path, f"w{i}") for i in range(3)]
+    started = time.monotonic()
     wait_until(lambda: group_members(bootstrap, group) == 3, 60, "three members")
+    wait_until(lambda: all(w.owns_partitions() for w in workers), 60, "each owns partitions")
     wait_until(lambda: len(simulator.accepted_events()) >= n // 4, 120, "a quarter delivered")
     workers[1].kill()  # SIGKILL mid-stream
     workers.append(spawn_worker(env, tmp_path, "w3"))  # and one added
@@ -121,5 +128,8 @@ def test_three_workers_one_killed_one_added(
     expected_dlq = {(seq % partitions, seq // partitions): reason for seq, reason in poison.items()}
     assert {k: v.decode() for k, v in by_source.items()} == expected_dlq
     dupes = sum(c - 1 for c in seen.values())
+    elapsed = time.monotonic() - started
     print(f"\n[{protocol}] delivered {len(seen)} distinct, {dupes} duplicates "
-          f"({dupes / len(valid):.2%}); DLQ {len(dlq)} records for {len(poison)} poison")  # fmt: skip
+          f"({dupes / len(valid):.2%}); DLQ {len(dlq)} records for {len(poison)} poison; "
+          f"{len(valid) / elapsed:,.0f} events/s for the group, "
+          f"mean batch {sum(simulator.batches()) / len(simulator.batches()):.1f}")  # fmt: skip

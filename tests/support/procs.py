@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 
@@ -29,6 +30,10 @@ class WorkerProc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def owns_partitions(self) -> bool:
+        """True once its log says it was assigned at least one partition."""
+        return '"msg":"partitions assigned","partitions":["' in self.log()
+
 
 def spawn_worker(env: dict[str, str], log_dir: Path, name: str) -> WorkerProc:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "GR_"))}
@@ -46,9 +51,17 @@ def spawn_worker(env: dict[str, str], log_dir: Path, name: str) -> WorkerProc:
 
 
 def group_members(bootstrap: str, group: str) -> int:
+    """Members of the group now; retried while the coordinator moves or loads."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    desc = admin.describe_consumer_groups([group])[group].result(15)
-    return len(desc.members)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result(15)
+            return len(desc.members)
+        except KafkaException as exc:
+            if time.monotonic() > deadline or "COORDINATOR" not in str(exc):
+                raise
+            time.sleep(0.2)
 
 
 def wait_until(predicate: object, timeout_s: float, what: str) -> None:

@@ -139,11 +139,13 @@ def test_kip848_consumer_protocol_drops_classic_defaults() -> None:
         assert conf[key] is value
 
 
-def test_kip848_drops_a_user_session_timeout_too() -> None:
-    conf = consumer_config(
-        settings_from(KAFKA_GROUP_PROTOCOL="consumer", KAFKA_SESSION_TIMEOUT_MS="10000")
-    )
-    assert "session.timeout.ms" not in conf
+def test_kip848_refuses_a_user_session_timeout_by_name() -> None:
+    """Our default goes; the user's own setting is never dropped silently."""
+    s = settings_from(KAFKA_GROUP_PROTOCOL="consumer", KAFKA_SESSION_TIMEOUT_MS="10000")
+    assert consumer_config(s)["session.timeout.ms"] == "10000"
+    with pytest.raises(ConfigError) as info:
+        validate_librdkafka(s)
+    assert info.value.variable == "KAFKA_SESSION_TIMEOUT_MS"
 
 
 def test_classic_protocol_keeps_classic_keys() -> None:
@@ -261,7 +263,6 @@ def test_valid_settings_pass() -> None:
             KAFKA_SASL_USERNAME="svc",
             KAFKA_SASL_PASSWORD=SASL_PASSWORD,
             KAFKA_GROUP_PROTOCOL="consumer",
-            KAFKA_SESSION_TIMEOUT_MS="10000",
         )
     )
 

@@ -1,0 +1,182 @@
+"""The chaos run: three workers, poison and API rejections, 500s, 429s, latency,
+SIGKILLs with restarts, a rolling restart, and a broker restart, all at once.
+
+At the end it prints, and checks: valid events lost (0), poison or rejected
+events missing from the DLQ or with a wrong reason or source (0), valid events
+wrongly dead-lettered (0), duplicates delivered (reported), per-partition
+order breaks at the API (reported), final group lag (0), exit codes of the
+gracefully stopped workers (0). `GR_FAULT_SCALE=full` runs it at 200,000 events.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+
+from consumer.devtools import samples
+from consumer.devtools.kafka_local import LocalKafka, create_topic
+from consumer.devtools.simulator import Simulator
+from tests.fault.conftest import FULL
+from tests.support.kafka_io import committed, end_offsets, produce, read_all
+from tests.support.procs import WorkerProc, spawn_worker
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration, pytest.mark.timeout(1800)]
+
+API_KEY = "chaos-key-7d41b9e2c"
+PARTITIONS = 12
+
+
+def _lag(bootstrap: str, group: str, topic: str, ends: list[int]) -> int:
+    try:
+        marks = committed(bootstrap, group, topic, PARTITIONS)
+    except Exception:  # noqa: BLE001  # the broker may be restarting
+        return -1
+    return sum(end - max(mark, 0) for end, mark in zip(ends, marks, strict=True))
+
+
+def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
+    n = 200_000 if FULL else 30_000
+    rng = random.Random(2026)
+    bootstrap = fault_broker.bootstrap
+    topic = f"chaos-{uuid.uuid4().hex[:6]}"
+    group = f"chaos-{uuid.uuid4().hex[:6]}"
+    create_topic(bootstrap, topic, PARTITIONS)
+    create_topic(bootstrap, f"{topic}.dlq", 3)
+    items = list(samples.generate(n, poison_share=0.01, reject_share=0.002, seed=99))
+    produce(bootstrap, topic, (s.value for s in items), partitions=PARTITIONS,
+            keys=(s.key for s in items))  # fmt: skip
+    ends = end_offsets(bootstrap, topic, PARTITIONS)
+    assert sum(ends) == n
+
+    sim = Simulator(keys=[API_KEY], limit_per_window=None, seed=5)
+    sim.start()
+    sim.set_error_rate(0.05)
+    sim.set_rate_limit_429_rate(0.02)
+    sim.set_latency((0.0, 0.05))
+    sim.set_reject_rule({"payload.description": "reject-me"})
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPICS": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "KAFKA_SESSION_TIMEOUT_MS": "8000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
+        "GR_API_KEY": API_KEY,
+        "GR_BASE_URL": sim.url,
+        "GR_BATCH_LINGER_MS": "100",
+        "GR_HTTP_PORT": "0",
+        "GR_HTTP_TIMEOUT_S": "2",
+        "GR_RETRY_INITIAL_S": "0.05",
+        "GR_RETRY_MAX_S": "2",
+        "GR_SHUTDOWN_TIMEOUT_S": "20",
+    }
+    counter = 0
+
+    def spawn() -> WorkerProc:
+        nonlocal counter
+        counter += 1
+        return spawn_worker(env, tmp_path, f"w{counter}")
+
+    started = time.monotonic()
+    workers = [spawn() for _ in range(3)]
+    retired: list[WorkerProc] = []
+    kills = rolling = broker_restarts = 0
+    graceful_codes: list[int] = []
+    next_kill = time.monotonic() + rng.uniform(4, 8)
+    progress = 0.0
+    deadline = time.monotonic() + (1500 if FULL else 420)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        lag = _lag(bootstrap, group, topic, ends)
+        if lag == 0:
+            break
+        if lag > 0:
+            progress = 1 - lag / n
+        chaos_on = progress < 0.8
+        now = time.monotonic()
+        if chaos_on and now >= next_kill:
+            victim = rng.randrange(len(workers))
+            workers[victim].kill()
+            retired.append(workers[victim])
+            workers[victim] = spawn()
+            kills += 1
+            next_kill = now + rng.uniform(5, 12)
+        if chaos_on and rolling == 0 and progress > 0.25:
+            w = workers.pop(0)
+            graceful_codes.append(w.terminate(60))  # a rolling restart: stop, then replace
+            retired.append(w)
+            workers.append(spawn())
+            rolling += 1
+        if chaos_on and broker_restarts == 0 and progress > 0.45:
+            fault_broker.stop()
+            time.sleep(3)
+            fault_broker.start()
+            broker_restarts += 1
+    wall = time.monotonic() - started
+    final_lag = _lag(bootstrap, group, topic, ends)
+    for w in workers:
+        graceful_codes.append(w.terminate(60))
+
+    accepted = sim.records()
+    sim.stop()
+    valid = {s.seq for s in items if s.expect == "valid"}
+    expected_dlq = {
+        (s.seq % PARTITIONS, s.seq // PARTITIONS): s.expect for s in items if s.expect != "valid"
+    }
+    seen: Counter[int] = Counter()
+    order_breaks = 0
+    last_per_partition: dict[int, int] = defaultdict(lambda: -1)
+    for record in accepted:
+        for event in record.events:
+            seq = int(event["payload"]["seq"])
+            seen[seq] += 1
+            p = seq % PARTITIONS
+            if seq < last_per_partition[p]:
+                order_breaks += 1
+            last_per_partition[p] = seq
+    dlq = read_all(bootstrap, f"{topic}.dlq", expect=len(expected_dlq), timeout_s=60)
+    dlq_reasons: dict[tuple[int, int], set[str]] = defaultdict(set)
+    wrong_source = 0
+    for r in dlq:
+        if r.headers.get("gr.dlq.source.topic") != topic.encode():
+            wrong_source += 1
+            continue
+        key = (int(r.headers["gr.dlq.source.partition"]), int(r.headers["gr.dlq.source.offset"]))
+        dlq_reasons[key].add(r.headers["gr.dlq.reason"].decode())
+    lost = len(valid - set(seen))
+    missing_or_wrong = sum(
+        1 for k, reason in expected_dlq.items() if dlq_reasons.get(k) != {reason}
+    )
+    valid_in_dlq = sum(1 for k in dlq_reasons if k not in expected_dlq)
+    delivered_not_valid = len(set(seen) - valid)
+    dupes = sum(c - 1 for c in seen.values())
+    by_reason = Counter(expected_dlq.values())
+    print(
+        f"\nchaos: {n:,} events ({len(valid):,} valid, "
+        + ", ".join(f"{k} {v}" for k, v in sorted(by_reason.items()))
+        + f") in {wall:.0f}s\n"
+        f"  kills {kills}, rolling restarts {rolling}, broker restarts {broker_restarts}\n"
+        f"  lost {lost}, DLQ missing/wrong {missing_or_wrong}, valid in DLQ {valid_in_dlq}, "
+        f"wrong source {wrong_source}, delivered-but-not-valid {delivered_not_valid}\n"
+        f"  duplicates {dupes} ({dupes / len(valid):.2%}), DLQ records {len(dlq)} for "
+        f"{len(expected_dlq)} expected, order breaks {order_breaks}\n"
+        f"  final lag {final_lag}, graceful exit codes {graceful_codes}\n"
+        f"  API answers {dict(sorted(sim.status_counts().items()))}"
+    )
+    logs = "\n".join(w.log()[-3000:] for w in retired + workers)
+    assert final_lag == 0, logs
+    assert lost == 0
+    assert missing_or_wrong == 0
+    assert valid_in_dlq == 0
+    assert wrong_source == 0
+    assert delivered_not_valid == 0
+    assert graceful_codes
+    assert all(code == 0 for code in graceful_codes), graceful_codes
+    assert kills >= 2
+    assert broker_restarts == 1
+    assert API_KEY not in logs
