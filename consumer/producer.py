@@ -86,6 +86,7 @@ KeyFunc = Callable[[Mapping[str, Any]], str | bytes | None]
 _REQUIRED: Final[dict[str, Any]] = {"enable.idempotence": True, "acks": "all"}
 _DEFAULTS: Final[dict[str, Any]] = {"linger.ms": 5}
 _QUEUE_FULL_WAIT_S: Final = 0.05
+_ENVELOPE_KEYS: Final = frozenset({"event_type", "payload", "identifiers", "utm"})
 
 
 class InvalidEventError(GrError, ValueError):
@@ -610,6 +611,3 @@ class GameRebellionKafka:
     def _poll_loop(self) -> None:
         while not self._closed.is_set():
             self._producer.poll(0.1)
-
-
-_ENVELOPE_KEYS: Final = frozenset({"event_type", "payload", "identifiers", "utm"})
