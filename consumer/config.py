@@ -289,6 +289,8 @@ def load(env: Mapping[str, str]) -> Settings:
         if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", f"{server.strip()!r} is not host:port")
     group = env.get("KAFKA_GROUP_ID", "").strip() or "gr-s2s-consumer"
+    if len(group) > 255 or not group.isprintable():
+        raise ConfigError("KAFKA_GROUP_ID", "must be at most 255 printable characters")
     dlq = env.get("KAFKA_DLQ_TOPIC", "").strip() or "game-events.dlq"
     if not _TOPIC_NAME.match(dlq):
         raise ConfigError("KAFKA_DLQ_TOPIC", f"{dlq!r} is not a valid topic name")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from typing import Any
 
 from consumer.config import Settings
@@ -102,3 +103,32 @@ def validate_librdkafka(settings: Settings) -> None:
                 text = text.replace(secret, "***")
         raise ConfigError(variable, f"rejected by librdkafka: {text}") from None
     client.close()
+
+
+_RETRIABLE_COORDINATOR_ERRORS = (
+    "NOT_COORDINATOR",
+    "COORDINATOR_LOAD_IN_PROGRESS",
+    "COORDINATOR_NOT",
+)
+
+
+def committed_with_retry(
+    consumer: Any, partitions: list[Any], timeout_s: float = 30.0
+) -> list[Any]:
+    """`Consumer.committed`, retried while the group coordinator is still loading.
+
+    Right after a broker (re)start the offsets topic loads asynchronously and
+    the coordinator answers NOT_COORDINATOR for a while.
+    """
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result: list[Any] = consumer.committed(partitions, timeout=5)
+            return result
+        except KafkaException as exc:
+            retriable = any(e in str(exc) for e in _RETRIABLE_COORDINATOR_ERRORS)
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

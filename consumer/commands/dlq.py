@@ -62,11 +62,15 @@ from typing import Any, Final, get_args
 
 from consumer import config
 from consumer.commands._progress import Progress, rate
-from consumer.devtools.kafka_local import committed_with_retry
 from consumer.dlq import DLQ_PREFIX
 from consumer.errors import ConfigError, GrError
 from consumer.events import PoisonReason
-from consumer.kafka_config import consumer_config, producer_config, validate_librdkafka
+from consumer.kafka_config import (
+    committed_with_retry,
+    consumer_config,
+    producer_config,
+    validate_librdkafka,
+)
 from consumer.producer import kafka_settings
 
 REASONS: Final = (*get_args(PoisonReason), "api_rejected")

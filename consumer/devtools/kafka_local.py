@@ -25,7 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+
+from consumer.kafka_config import committed_with_retry
+
+__all__ = ["Cluster", "LocalKafka", "committed_with_retry", "create_topic", "open_cluster"]
 
 KAFKA_VERSION = "4.1.1"
 _HERE = resources.files("consumer.devtools") / "kafka"
@@ -310,35 +313,6 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, **config: str) 
             return
         time.sleep(0.05)
     raise KafkaLaunchError(f"topic {name} has no leaders after 30 s")
-
-
-_RETRIABLE_COORDINATOR_ERRORS = (
-    "NOT_COORDINATOR",
-    "COORDINATOR_LOAD_IN_PROGRESS",
-    "COORDINATOR_NOT",
-)
-
-
-def committed_with_retry(
-    consumer: Any, partitions: list[Any], timeout_s: float = 30.0
-) -> list[Any]:
-    """`Consumer.committed`, retried while the group coordinator is still loading.
-
-    Right after a broker (re)start the offsets topic loads asynchronously and
-    the coordinator answers NOT_COORDINATOR for a while.
-    """
-    from confluent_kafka import KafkaException
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            result: list[Any] = consumer.committed(partitions, timeout=5)
-            return result
-        except KafkaException as exc:
-            retriable = any(e in str(exc) for e in _RETRIABLE_COORDINATOR_ERRORS)
-            if not retriable or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:

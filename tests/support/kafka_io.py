@@ -32,10 +32,11 @@ def produce(
     partitions: int | None = None,
     keys: Iterable[bytes | None] | None = None,
     headers: list[tuple[str, bytes]] | None = None,
+    conf: dict[str, Any] | None = None,
 ) -> int:
     """Produce in order; `partitions` spreads round-robin, `partition` pins one."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, **(conf or {})}
     )
     key_iter = iter(keys) if keys is not None else None
     count = 0
