@@ -81,6 +81,27 @@ class Metrics:
             "gr_rebalances", "Rebalance callbacks by kind", ["kind"], registry=r
         )
 
+        # Known label values start at zero, so dashboards and alerts see a
+        # series before the first occurrence.
+        for reason in (
+            "invalid_json", "schema_violation", "empty_value", "too_large", "api_rejected",
+        ):  # fmt: skip
+            self.events_dead_lettered.labels(reason)
+        for reason in (
+            "transport",
+            "status_5xx",
+            "status_4xx",
+            "rate_limited",
+            "key_401",
+            "key_403",
+        ):
+            self.retries.labels(reason)
+        self.pauses.labels("buffer_full")
+        for result in ("ok", "error"):
+            self.commits.labels(result)
+        for kind in ("assign", "revoke", "lost"):
+            self.rebalances.labels(kind)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
