@@ -118,7 +118,7 @@ def test_three_workers_one_killed_one_added(
     seen = Counter(_seqs(simulator))
     assert valid - set(seen) == set(), "valid events lost"
     assert set(seen) - valid == set(), "something not valid was delivered"
-    dlq = read_all(bootstrap, f"{topic}.dlq", expect=len(poison), timeout_s=60)
+    dlq = read_all(bootstrap, f"{topic}.dlq", expect=None, timeout_s=60)  # duplicates too
     by_source: dict[tuple[int, int], bytes] = {}
     for r in dlq:
         part = int(r.headers["gr.dlq.source.partition"])

@@ -64,7 +64,11 @@ def produce(
 def read_all(
     bootstrap: str, topic: str, expect: int | None = None, timeout_s: float = 30
 ) -> list[Record]:
-    """Every record of a topic (waiting for `expect` of them), without a group commit."""
+    """Every record of a topic, without a group: read each partition to its end.
+
+    With `expect`, first wait (up to `timeout_s`) until the topic holds that many,
+    for records that are still being written.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -73,28 +77,42 @@ def read_all(
             "auto.offset.reset": "earliest",
         }
     )
-    consumer.subscribe([topic])
-    out: list[Record] = []
     deadline = time.monotonic() + timeout_s
-    idle_since = time.monotonic()
-    while time.monotonic() < deadline:
-        msgs: list[Any] = consumer.consume(500, 0.2)
-        for m in msgs:
-            if m.error() is None:
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        parts = sorted(meta.partitions)
+
+        def ends() -> dict[int, tuple[int, int]]:
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                for p in parts
+            }
+
+        marks = ends()
+        while expect is not None and time.monotonic() < deadline:
+            if sum(high - low for low, high in marks.values()) >= expect:
+                break
+            time.sleep(0.2)
+            marks = ends()
+        remaining = {p: high for p, (low, high) in marks.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in remaining])
+        out: list[Record] = []
+        while remaining and time.monotonic() < deadline + 30:
+            msgs: list[Any] = consumer.consume(500, 0.5)
+            for m in msgs:
+                if m.error() is not None:
+                    continue
                 out.append(
                     Record(
                         m.topic(), m.partition(), m.offset(), m.key(), m.value(),
                         dict(m.headers() or []),
                     )
                 )  # fmt: skip
-        if msgs:
-            idle_since = time.monotonic()
-        if expect is not None and len(out) >= expect:
-            break
-        if expect is None and time.monotonic() - idle_since > 3:
-            break
-    consumer.close()
-    return out
+                if m.offset() + 1 >= remaining.get(m.partition(), 0):
+                    remaining.pop(m.partition(), None)
+        return out
+    finally:
+        consumer.close()
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
