@@ -31,6 +31,8 @@ from consumer.kafka_config import committed_with_retry
 __all__ = ["Cluster", "LocalKafka", "committed_with_retry", "create_topic", "open_cluster"]
 
 KAFKA_VERSION = "4.1.1"
+# Protects only a throwaway test keystore in the broker's temporary data directory.
+_TLS_STORE_PASSWORD = "local-test-keystore"  # noqa: S105
 _HERE = resources.files("consumer.devtools") / "kafka"
 
 
@@ -101,6 +103,9 @@ class LocalKafka:
     # that clients authenticate by configuration alone
     sasl_users: dict[str, str] = field(default_factory=dict)
     sasl_port: int = field(default_factory=free_port)
+    # serve that listener over TLS (SASL_SSL) with a self-signed certificate
+    # made by keytool; clients trust `ca_pem`
+    sasl_tls: bool = False
     _proc: subprocess.Popen[bytes] | None = None
     _formatted: bool = False
 
@@ -115,6 +120,32 @@ class LocalKafka:
     @property
     def sasl_bootstrap(self) -> str:
         return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def sasl_protocol(self) -> str:
+        return "SASL_SSL" if self.sasl_tls else "SASL_PLAINTEXT"
+
+    @property
+    def ca_pem(self) -> Path:
+        return self.data_dir / "tls" / "broker.pem"
+
+    def _make_certificate(self) -> None:
+        """A self-signed certificate for 127.0.0.1 and localhost, valid for two days."""
+        tls = self.data_dir / "tls"
+        if (tls / "broker.p12").exists():
+            return
+        tls.mkdir(parents=True, exist_ok=True)
+        store = ["-keystore", str(tls / "broker.p12"), "-storetype", "PKCS12",
+                 "-storepass", _TLS_STORE_PASSWORD]  # fmt: skip
+        for args in (
+            ["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048",
+             "-dname", "CN=localhost", "-ext", "SAN=IP:127.0.0.1,DNS:localhost",
+             "-validity", "2", "-keypass", _TLS_STORE_PASSWORD, *store],
+            ["-exportcert", "-alias", "broker", "-rfc", "-file", str(self.ca_pem), *store],
+        ):  # fmt: skip
+            proc = subprocess.run(["keytool", *args], capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise KafkaLaunchError(f"keytool failed: {proc.stderr or proc.stdout}")
 
     def _properties(self) -> str:
         props = {
@@ -141,14 +172,21 @@ class LocalKafka:
             "log.flush.interval.messages": "9223372036854775807",
         }
         if self.sasl_users:
-            props["listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
-            props["advertised.listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
-            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            proto = self.sasl_protocol
+            props["listeners"] += f",{proto}://127.0.0.1:{self.sasl_port}"
+            props["advertised.listeners"] += f",{proto}://127.0.0.1:{self.sasl_port}"
+            props["listener.security.protocol.map"] += f",{proto}:{proto}"
             props["sasl.enabled.mechanisms"] = "PLAIN"
             users = " ".join(f'user_{u}="{p}"' for u, p in self.sasl_users.items())
-            props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+            props[f"listener.name.{proto.lower()}.plain.sasl.jaas.config"] = (
                 "org.apache.kafka.common.security.plain.PlainLoginModule required " + users + ";"
             )
+            if self.sasl_tls:
+                self._make_certificate()
+                props["ssl.keystore.location"] = str(self.data_dir / "tls" / "broker.p12")
+                props["ssl.keystore.type"] = "PKCS12"
+                props["ssl.keystore.password"] = _TLS_STORE_PASSWORD
+                props["ssl.key.password"] = _TLS_STORE_PASSWORD
         props.update(self.extra_properties)
         return "".join(f"{k}={v}\n" for k, v in props.items())
 

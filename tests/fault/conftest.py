@@ -17,7 +17,7 @@ FULL = os.environ.get("GR_FAULT_SCALE", "ci") == "full"
 
 @pytest.fixture(scope="module")
 def fault_broker() -> Iterator[LocalKafka]:
-    broker = LocalKafka(sasl_users={SASL_USER: SASL_PASSWORD, "admin": "admin-pw"})
+    broker = LocalKafka(sasl_users={SASL_USER: SASL_PASSWORD, "admin": "admin-pw"}, sasl_tls=True)
     broker.start()
     try:
         yield broker

@@ -1,6 +1,7 @@
-"""Secrets never leak, and Kafka over SASL works by configuration alone.
+"""Secrets never leak, and Kafka over SASL_SSL works by configuration alone.
 
-A worker runs against the broker's SASL_PLAINTEXT listener with a password,
+A worker runs against the broker's SASL_SSL listener (TLS with a self-signed
+certificate the client trusts through KAFKA_SSL_CA_LOCATION, SASL/PLAIN) with a password,
 through a refused key (403), 500s and poison records; then the API key and
 the SASL password are searched for everywhere they could surface: the logs,
 /metrics, /readyz, the DLQ records and headers, check-config's output, and
@@ -36,7 +37,8 @@ def _env(
 ) -> dict[str, str]:
     return {
         "KAFKA_BOOTSTRAP_SERVERS": broker.sasl_bootstrap,
-        "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "KAFKA_SECURITY_PROTOCOL": broker.sasl_protocol,
+        "KAFKA_SSL_CA_LOCATION": str(broker.ca_pem),
         "KAFKA_SASL_MECHANISM": "PLAIN",
         "KAFKA_SASL_USERNAME": SASL_USER,
         "KAFKA_SASL_PASSWORD": password,
