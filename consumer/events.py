@@ -114,6 +114,10 @@ class Poison(Struct, frozen=True, gc=False):
 
 NonEmptyStr: TypeAlias = Annotated[str, Meta(min_length=1)]
 OptStr: TypeAlias = str | UnsetType
+# Envelope fields a producer's JSON library may write as null for "not set"
+# (Python's None, Go's nil pointers): null counts as absent there. The API
+# judges them in the end; refusing them here would dead-letter events it takes.
+NullableStr: TypeAlias = str | UnsetType | None
 
 CURRENCY_PATTERN: Final = "^[A-Z]{3}$"
 # Length is checked by msgspec in C; the letters in __post_init__, which is
@@ -134,16 +138,16 @@ Number: TypeAlias = Annotated[float, Meta(description="A finite JSON number (int
 class Identifiers(Struct, kw_only=True, gc=False):
     """Who the event is about. Both fields optional; other fields pass through."""
 
-    player_id: OptStr = UNSET
-    device_id: OptStr = UNSET
+    player_id: NullableStr = UNSET
+    device_id: NullableStr = UNSET
 
 
 class Utm(Struct, kw_only=True, gc=False):
     """Campaign attribution. All fields optional; other fields pass through."""
 
-    source: OptStr = UNSET
-    medium: OptStr = UNSET
-    campaign: OptStr = UNSET
+    source: NullableStr = UNSET
+    medium: NullableStr = UNSET
+    campaign: NullableStr = UNSET
 
 
 # An empty Struct: an object is required but its contents are skipped, not built.
@@ -214,15 +218,21 @@ class SessionPayload(Struct, kw_only=True, gc=False):
     session_id: NonEmptyStr
 
 
-_IDENTIFIERS_DOC: Final = "Optional object; player_id and device_id are strings if present."
-_UTM_DOC: Final = "Optional object; source, medium and campaign are strings if present."
+_IDENTIFIERS_DOC: Final = (
+    "Optional object (null counts as absent); player_id and device_id are strings if present."
+)
+_UTM_DOC: Final = (
+    "Optional object (null counts as absent); source, medium and campaign are strings if present."
+)
 
 
 class _Envelope(Struct, kw_only=True, gc=False):
     """The optional envelope fields, shared by every envelope below."""
 
-    identifiers: Annotated[Identifiers, Meta(description=_IDENTIFIERS_DOC)] | UnsetType = UNSET
-    utm: Annotated[Utm, Meta(description=_UTM_DOC)] | UnsetType = UNSET
+    identifiers: Annotated[Identifiers, Meta(description=_IDENTIFIERS_DOC)] | UnsetType | None = (
+        UNSET
+    )
+    utm: Annotated[Utm, Meta(description=_UTM_DOC)] | UnsetType | None = UNSET
 
 
 class KnownEvent(_Envelope, tag_field="event_type", kw_only=True, gc=False):

@@ -23,8 +23,8 @@ What it promises:
   same size limit) before it is produced: a bad event raises
   `InvalidEventError` and nothing is sent. `track_batch` checks the whole
   batch first and sends none of it if one event is bad.
-- `identifiers` and `utm` that are None are left out (the schema refuses
-  `null`), and so are None fields inside them and None keyword arguments of
+- `identifiers` and `utm` that are None are left out (smaller records; the
+  schema would take `null` there too), and so are None fields inside them and None keyword arguments of
   the `track_*` shortcuts. A payload given to `track_event` is sent as given.
 - The record key is `identifiers.player_id` (no key when there is none), so a
   player's events stay in order on one partition; `key=` takes another

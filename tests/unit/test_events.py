@@ -201,17 +201,17 @@ ENVELOPE_OK = [
     {"utm": {"source": "s"}},
     {"utm": {"medium": "m", "campaign": "c", "term": None}},
     {"identifiers": IDENTIFIERS, "utm": UTM, "anything": [None, {}]},
+    # null counts as absent for the envelope's optional fields (None from Python)
+    {"identifiers": None, "utm": None},
+    {"identifiers": {"player_id": None, "device_id": "d"}, "utm": {"source": None}},
 ]
 
 ENVELOPE_BAD = [
     ({"identifiers": "player-1"}, "$.identifiers"),
-    ({"identifiers": None}, "$.identifiers"),
     ({"identifiers": ["p"]}, "$.identifiers"),
     ({"identifiers": {"player_id": 12345}}, "$.identifiers.player_id"),
-    ({"identifiers": {"player_id": None}}, "$.identifiers.player_id"),
     ({"identifiers": {"device_id": ["d"]}}, "$.identifiers.device_id"),
     ({"utm": "facebook"}, "$.utm"),
-    ({"utm": None}, "$.utm"),
     ({"utm": {"source": 1}}, "$.utm.source"),
     ({"utm": {"medium": True}}, "$.utm.medium"),
     ({"utm": {"campaign": {}}}, "$.utm.campaign"),
@@ -741,8 +741,12 @@ def _check_invariants(value: bytes, decoder: EventDecoder) -> None:
     assert result.route is ROUTES.get(result.event_type, Route.BATCH)
     for part, fields in (("identifiers", ("player_id", "device_id")), ("utm", ("source",))):
         if part in doc:
-            assert isinstance(doc[part], dict)
-            assert all(isinstance(doc[part][f], str) for f in fields if f in doc[part])
+            assert doc[part] is None or isinstance(doc[part], dict)  # null counts as absent
+            assert all(
+                doc[part][f] is None or isinstance(doc[part][f], str)
+                for f in fields
+                if doc[part] and f in doc[part]
+            )
     payload = doc["payload"]
     if result.event_type == "transaction":
         assert isinstance(payload["amount"], int | float)

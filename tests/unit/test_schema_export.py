@@ -174,6 +174,14 @@ def test_the_check_follows_the_structs(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------
 
 
+def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """The object branch of an optional envelope field (null counts as absent)."""
+    options = prop["anyOf"]
+    assert {"type": "null"} in options
+    (other,) = [o for o in options if o != {"type": "null"}]
+    return other
+
+
 def test_envelope(schema: dict[str, Any]) -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object"
@@ -185,13 +193,11 @@ def test_envelope(schema: dict[str, Any]) -> None:
         definition = _resolve(schema, option)
         assert definition.get("additionalProperties", True) is not False  # extras pass
         assert set(definition["required"]) == {"event_type", "payload"}
-        identifiers = _resolve(schema, definition["properties"]["identifiers"])
-        assert identifiers["properties"] == {
-            "player_id": {"type": "string"},
-            "device_id": {"type": "string"},
-        }
+        nullable = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+        identifiers = _resolve(schema, _not_null(definition["properties"]["identifiers"]))
+        assert identifiers["properties"] == {"player_id": nullable, "device_id": nullable}
         assert identifiers["required"] == []
-        utm = _resolve(schema, definition["properties"]["utm"])
+        utm = _resolve(schema, _not_null(definition["properties"]["utm"]))
         assert set(utm["properties"]) == {"source", "medium", "campaign"}
         assert utm["required"] == []
 
