@@ -139,7 +139,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "libraries": {
-            "confluent-kafka": confluent_kafka.version()[0],
+            "confluent-kafka": _version("confluent-kafka"),
             "librdkafka": confluent_kafka.libversion()[0],
             "msgspec": _version("msgspec"),
             "orjson": _version("orjson"),

@@ -253,3 +253,60 @@ def write(doc: dict[str, Any], out_dir: Path) -> None:
     mem = doc["scenarios"].get("memory", {})
     if "rss_timeline" in mem:
         (out_dir / "memory_rss.svg").write_text(rss_svg(mem))
+
+
+def readme_section(doc: dict[str, Any]) -> str:
+    """The README's "## Benchmarks" section: how to run, the machine, the figures."""
+    m = doc["machine"]
+    sc = doc["scenarios"]
+    lines = [
+        "## Benchmarks",
+        "",
+        "`make bench` (`python -m bench`; `--scale small` for a quick run, `--only NAME` for one",
+        "scenario) starts a local Kafka broker and the S2S API simulator, runs each scenario of",
+        "issue 5 with its baselines on the same topic in the same run, every measured program in",
+        "a process of its own, and writes `bench/results/latest.md` (the full tables) and",
+        "`latest.json`. It takes about 25 minutes; it is not part of `make test`, which runs a",
+        "tiny smoke run of it instead. `python -m bench.profile --py-spy PATH` profiles the",
+        "worker under the throughput scenario (py-spy installed apart from the project).",
+        "",
+        f"Latest run: {doc['date']}, {m['nproc']} cores ({m['cpu_model']}), Python {m['python']}, "
+        f"confluent-kafka {m['libraries']['confluent-kafka']} (librdkafka "
+        f"{m['libraries']['librdkafka']}), msgspec {m['libraries']['msgspec']}, Kafka "
+        f"{m['kafka_broker']}; the machine is shared, load averages are in the report.",
+        "",
+        "| target (issue 5) | figure | bar | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for t in doc.get(TARGETS, []):
+        lines.append(
+            f"| {t['target']} | {t['figure']} | {t['bar']} | {'yes' if t['met'] else '**no**'} |"
+        )
+    tp = sc.get("throughput", {})
+    if "median" in tp:
+        med = tp["median"]
+        lines += [
+            "",
+            f"Throughput, {tp['events']:,} events in {tp['partitions']} partitions:",
+            "",
+            "| runner | events/s | CPU s per million events | peak RSS MiB |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for role, name in (
+            ("bare", "bare consume loop (ceiling)"),
+            ("worker", "gr-s2s-consumer"),
+            ("plain", "plain script (json, requests, sync commit)"),
+        ):
+            lines.append(
+                f"| {name} | {_n(med['events_per_s'][role])} | "
+                f"{med['cpu_s_per_million'][role]:.1f} | {med['peak_rss_mib'][role]:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results/latest.json"
+    print(readme_section(json.loads(path.read_text())), end="")

@@ -7,7 +7,7 @@
 
 Each writes a JSON result: wall times of its first fetch and its last commit
 (`t_first`, `t_end`), its CPU seconds at both (`os.times`: every thread of
-the process, librdkafka's included), and its peak RSS (`ru_maxrss`).
+the process, librdkafka's included), and its peak RSS (VmHWM).
 
 `worker` is the service exactly as `gr-consumer run` serves it (settings
 from the environment, JSON logs, ops endpoints, signal handlers), plus an
@@ -41,7 +41,20 @@ def _cpu() -> float:
 
 
 def _maxrss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak RSS of this process image: VmHWM, which execve resets.
+
+    Not `ru_maxrss`: Linux carries it across execve from the image that called
+    exec, so a worker spawned by a big parent would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # pragma: no cover
+
+
+def _cpu_split() -> dict[str, float]:
+    t = os.times()
+    return {"user": t.user, "system": t.system}
 
 
 def thread_cpu() -> dict[str, float]:
@@ -123,6 +136,7 @@ def worker(args: argparse.Namespace) -> int:
             "t_end": t_end,
             "cpu_end": cpu_end,
             "maxrss_kib": _maxrss_kib(),
+            "cpu_split_end": _cpu_split(),
             "stats": dict(stats),
             "dead_lettered_by_reason": dict(w.dead_lettered_by_reason),
             "thread_cpu_s": threads or thread_cpu(),
@@ -268,6 +282,7 @@ def plain(args: argparse.Namespace) -> int:
             "t_end": t_end,
             "cpu_end": cpu_end,
             "maxrss_kib": _maxrss_kib(),
+            "cpu_split_end": _cpu_split(),
             "events": n,
             "requests": requests_sent,
         },

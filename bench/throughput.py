@@ -121,8 +121,12 @@ def _one(
             "mean_batch": stats["batches"]["mean"],
         },
     }
+    split = res.get("cpu_split_end")
+    if split:
+        out["cpu_system_share"] = split["system"] / max(split["user"] + split["system"], 1e-9)
     if role == "worker":
         out["worker_stats"] = res["stats"]
+        out["thread_cpu_s"] = res.get("thread_cpu_s")
         out["startup_s"] = round(t_first - float(res["t_start"]), 2)
     if role == "plain":
         out["http_client"] = res["http_client"]
