@@ -69,6 +69,8 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
         "GR_API_KEY": API_KEY,
         "GR_BASE_URL": sim.url,
         "GR_BATCH_LINGER_MS": "100",
+        # smaller batches: the run lasts long enough for the whole schedule
+        "GR_BATCH_MAX_EVENTS": "40",
         "GR_HTTP_PORT": "0",
         "GR_HTTP_TIMEOUT_S": "2",
         "GR_RETRY_INITIAL_S": "0.05",
@@ -87,36 +89,48 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
     retired: list[WorkerProc] = []
     kills = rolling = broker_restarts = 0
     graceful_codes: list[int] = []
-    next_kill = time.monotonic() + rng.uniform(4, 8)
+    # The schedule: each step fires once the group's progress passes its mark
+    # (one step per turn, so a fast stretch cannot skip one), plus random
+    # SIGKILLs every 5-12 s until 80%.
+    schedule = [(0.10, "kill"), (0.25, "rolling"), (0.35, "kill"), (0.45, "broker"), (0.60, "kill")]
+    next_kill = time.monotonic() + rng.uniform(5, 12)
     progress = 0.0
     deadline = time.monotonic() + (1500 if FULL else 420)
+
+    def kill_one() -> None:
+        nonlocal kills
+        victim = rng.randrange(len(workers))
+        workers[victim].kill()
+        retired.append(workers[victim])
+        workers[victim] = spawn()
+        kills += 1
+
     while time.monotonic() < deadline:
         time.sleep(0.5)
         lag = _lag(bootstrap, group, topic, ends)
-        if lag == 0:
+        if lag == 0 and not schedule:
             break
-        if lag > 0:
+        if lag >= 0:
             progress = 1 - lag / n
-        chaos_on = progress < 0.8
         now = time.monotonic()
-        if chaos_on and now >= next_kill:
-            victim = rng.randrange(len(workers))
-            workers[victim].kill()
-            retired.append(workers[victim])
-            workers[victim] = spawn()
-            kills += 1
+        if schedule and progress >= schedule[0][0]:
+            _, step = schedule.pop(0)
+            if step == "kill":
+                kill_one()
+            elif step == "rolling":
+                w = workers.pop(0)
+                graceful_codes.append(w.terminate(60))  # a rolling restart: stop, then replace
+                retired.append(w)
+                workers.append(spawn())
+                rolling += 1
+            else:
+                fault_broker.stop()
+                time.sleep(3)
+                fault_broker.start()
+                broker_restarts += 1
+        elif progress < 0.8 and now >= next_kill:
+            kill_one()
             next_kill = now + rng.uniform(5, 12)
-        if chaos_on and rolling == 0 and progress > 0.25:
-            w = workers.pop(0)
-            graceful_codes.append(w.terminate(60))  # a rolling restart: stop, then replace
-            retired.append(w)
-            workers.append(spawn())
-            rolling += 1
-        if chaos_on and broker_restarts == 0 and progress > 0.45:
-            fault_broker.stop()
-            time.sleep(3)
-            fault_broker.start()
-            broker_restarts += 1
     wall = time.monotonic() - started
     final_lag = _lag(bootstrap, group, topic, ends)
     for w in workers:
@@ -178,6 +192,7 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
     assert delivered_not_valid == 0
     assert graceful_codes
     assert all(code == 0 for code in graceful_codes), graceful_codes
-    assert kills >= 2
+    assert kills >= 3
+    assert rolling == 1
     assert broker_restarts == 1
     assert API_KEY not in logs
