@@ -14,6 +14,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from consumer.devtools.kafka_local import Cluster, LocalKafka, create_topic, open_cluster
+from tests.support.procs import kill_leftovers
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_workers() -> Iterator[None]:
+    """A failed test must not leave worker processes behind to skew the next ones."""
+    yield
+    kill_leftovers()
 
 
 @pytest.fixture(scope="session")

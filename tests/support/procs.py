@@ -35,6 +35,18 @@ class WorkerProc:
         return '"msg":"partitions assigned","partitions":["' in self.log()
 
 
+_SPAWNED: list[WorkerProc] = []
+
+
+def kill_leftovers() -> None:
+    """Kill workers a failed test left running (called after every test)."""
+    while _SPAWNED:
+        worker = _SPAWNED.pop()
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(10)
+
+
 def spawn_worker(env: dict[str, str], log_dir: Path, name: str) -> WorkerProc:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "GR_"))}
     full_env.update(env)
@@ -47,7 +59,9 @@ def spawn_worker(env: dict[str, str], log_dir: Path, name: str) -> WorkerProc:
         stderr=subprocess.STDOUT,
     )
     out.close()
-    return WorkerProc(proc, log_path)
+    worker = WorkerProc(proc, log_path)
+    _SPAWNED.append(worker)
+    return worker
 
 
 def group_members(bootstrap: str, group: str) -> int:
