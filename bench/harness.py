@@ -27,7 +27,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from consumer.devtools import samples
-from consumer.devtools.kafka_local import committed_with_retry, create_topic
+from consumer.devtools.kafka_local import create_topic
+from consumer.kafka_config import committed_with_retry
 
 API_KEY = "bench-key-7d1e"
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ SCALES = {
         name="full",
         throughput_events=1_000_000,
         loadgen_s=15.0,
-        rate_backlog=150_000,
+        rate_backlog=200_000,
         rate_limit=100,
         rate_window_s=6.0,
         rate_warmup_windows=2,
@@ -118,7 +119,12 @@ def _git_commit() -> str | None:
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
-        return out.stdout.strip() or None
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "consumer"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        return f"{commit}+uncommitted-changes" if dirty else commit or None
     return None
 
 
