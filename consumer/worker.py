@@ -140,7 +140,11 @@ class Worker:
         self._linger_s = settings.batch_linger_ms / 1000.0
         self._buffered_bytes = 0
         self._draining = False
-        self._part_cap_events = 4 * settings.batch_max_events
+        # Pausing a partition makes librdkafka drop what it prefetched for it (to
+        # fetch again on resume), so pauses must be rare in normal flow: forty
+        # batches per partition, within the byte caps below. Measured in bench/:
+        # four batches gave 11.9k events/s, forty 25.6k.
+        self._part_cap_events = 40 * settings.batch_max_events
         self.stats = {
             "consumed": 0,
             "delivered": 0,
@@ -359,7 +363,7 @@ class Worker:
         over_total = self._buffered_bytes >= cap_total
         cap_part_bytes = max(
             self.settings.batch_max_bytes,
-            min(4 * self.settings.batch_max_bytes, cap_total // len(self._parts)),
+            min(40 * self.settings.batch_max_bytes, cap_total // len(self._parts)),
         )
         to_pause: list[PartitionState] = []
         to_resume: list[PartitionState] = []

@@ -176,7 +176,7 @@ def test_the_check_follows_the_structs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
     """The object branch of an optional envelope field (null counts as absent)."""
-    options = prop["anyOf"]
+    options: list[dict[str, Any]] = prop["anyOf"]
     assert {"type": "null"} in options
     (other,) = [o for o in options if o != {"type": "null"}]
     return other
