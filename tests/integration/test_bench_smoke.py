@@ -40,7 +40,8 @@ def test_bench_small_writes_a_report_with_every_scenario(bootstrap: str, tmp_pat
     tp = sc["throughput"]
     for role in ("bare", "worker", "plain"):
         assert tp["median"]["events_per_s"][role] > 0
-        assert tp["median"]["cpu_s_per_million"][role] > 0
+        # CPU comes in 10 ms clock ticks: a tiny run may measure none
+        assert tp["median"]["cpu_s_per_million"][role] >= 0
         assert tp["median"]["peak_rss_mib"][role] > 0
     assert all(r["committed_all"] and r["delivered_all"] for r in tp["runs"] if r["role"] != "bare")
     assert tp["simulator_alone"]["requests"] > 0

@@ -32,7 +32,7 @@ MIXED = [
     b"not json at all",  # line 5
     GOOD[2] + b"\r",  # line 6 (CRLF file)
     b'{"event_type":"click","payload":{}}',  # line 7
-    b'{"event_type":"click","identifiers":null,"payload":{"campaign_id":"c"}}',  # line 8
+    b'{"event_type":"click","identifiers":"p-1","payload":{"campaign_id":"c"}}',  # line 8
     GOOD[3],  # line 9
 ]
 
