@@ -68,7 +68,8 @@ def test_good_and_bad_lines(bootstrap: str, make_topic: TopicFactory, tmp_path: 
     proc = publish([str(write_lines(tmp_path / "events.jsonl", MIXED))], env)
 
     assert proc.returncode == 1, proc.stderr
-    err = proc.stderr.splitlines()
+    # librdkafka may warn while a fresh broker loads its coordinators: only "line" reports count
+    err = [line for line in proc.stderr.splitlines() if line.startswith("line ")]
     assert err[0].startswith("line 4: schema_violation: ")
     assert "$.payload.amount" in err[0]
     assert err[1].startswith("line 5: invalid_json: ")
