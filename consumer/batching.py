@@ -52,6 +52,11 @@ class Batch(Generic[Ref]):
 
     route: Route
     items: list[Item[Ref]]
+    payload_bytes: int = -1  # the events' bytes, without the wrapper (-1: count them)
+
+    def __post_init__(self) -> None:
+        if self.payload_bytes < 0:
+            self.payload_bytes = sum(len(i.raw) for i in self.items)
 
     @property
     def body(self) -> bytes:
@@ -66,7 +71,12 @@ class Batch(Generic[Ref]):
     def split(self) -> tuple[Batch[Ref], Batch[Ref]]:
         """Two halves, in order, for finding the events a 400 rejected."""
         mid = len(self.items) // 2
-        return Batch(self.route, self.items[:mid]), Batch(self.route, self.items[mid:])
+        head, tail = self.items[:mid], self.items[mid:]
+        head_bytes = sum(len(i.raw) for i in head)
+        return (
+            Batch(self.route, head, head_bytes),
+            Batch(self.route, tail, self.payload_bytes - head_bytes),
+        )
 
 
 class PartitionBatcher(Generic[Ref]):
@@ -91,6 +101,16 @@ class PartitionBatcher(Generic[Ref]):
         self._bytes += len(item.raw)
         if item.route is not Route.BATCH:
             self._sessions += 1
+
+    def add_many(self, items: list[Item[Ref]], payload_bytes: int, sessions: int) -> None:
+        """`add` for a run of events, with their total bytes and how many are session events.
+
+        No per-event size check: the caller's decoder refuses events that
+        could not fit a request on their own (configuration makes sure).
+        """
+        self._items.extend(items)
+        self._bytes += payload_bytes
+        self._sessions += sessions
 
     @property
     def pending_events(self) -> int:
@@ -122,20 +142,25 @@ class PartitionBatcher(Generic[Ref]):
         self._bytes -= len(head.raw)
         if head.route is not Route.BATCH:
             self._sessions -= 1
-            return Batch(head.route, [head])
+            return Batch(head.route, [head], len(head.raw))
         taken = [head]
         size = body_size(1, len(head.raw))
-        while items and len(taken) < self._max_events:
+        room = self._max_bytes
+        limit = self._max_events
+        batch_route = Route.BATCH
+        popleft, append = items.popleft, taken.append
+        while items and len(taken) < limit:
             nxt = items[0]
-            if nxt.route is not Route.BATCH:
+            if nxt.route is not batch_route:
                 break
             grown = size + len(nxt.raw) + 1
-            if grown > self._max_bytes:
+            if grown > room:
                 break
             size = grown
-            taken.append(items.popleft())
-            self._bytes -= len(nxt.raw)
-        return Batch(Route.BATCH, taken)
+            append(popleft())
+        payload = size - WRAPPER_BYTES - len(taken)
+        self._bytes -= payload - len(head.raw)  # the head's bytes went above
+        return Batch(Route.BATCH, taken, payload)
 
     def clear(self) -> list[Item[Ref]]:
         """Drop everything (partition revoked); returns what was dropped."""

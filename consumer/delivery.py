@@ -123,13 +123,23 @@ class Deliverer:
         # Full jitter, but never (almost) zero: a floor of the initial wait.
         return max(self._retry_initial_s / 2, float(self._backoff(state)))
 
-    def deliver(self, job: DeliveryJob[Ref]) -> DeliveryResult[Ref]:
+    def deliver(
+        self, job: DeliveryJob[Ref], first: Response | TransportError | None = None
+    ) -> DeliveryResult[Ref]:
+        """Deliver the job's batch; `first` is the outcome of a first attempt already made.
+
+        The worker sends each batch once without blocking (its slot already
+        reserved) and hands the outcome here: a 200 settles at once, on the
+        caller's thread; anything else continues exactly as if this thread
+        had sent it.
+        """
         result: DeliveryResult[Ref] = DeliveryResult(job)
         try:
             todo = [job.batch]
             while todo:
                 batch = todo.pop(0)
-                resp = self._send(job, batch, result)
+                resp = self._send(job, batch, result, first)
+                first = None
                 action = decide(resp.status, len(batch.items))
                 if action is Action.ACCEPT:
                     result.accepted.extend(batch.items)
@@ -144,8 +154,20 @@ class Deliverer:
         return result
 
     def _send(
-        self, job: DeliveryJob[Ref], batch: Batch[Ref], result: DeliveryResult[Ref]
+        self,
+        job: DeliveryJob[Ref],
+        batch: Batch[Ref],
+        result: DeliveryResult[Ref],
+        first: Response | TransportError | None,
     ) -> Response:
+        if first is not None:
+            result.requests += 1
+            try:
+                return self._judge(batch, first)
+            except _SendAgainError as exc:
+                self._observer.on_retry(exc.reason)
+                # tenacity's first wait is its smallest; a 429 names its own
+                job.sleep(exc.wait_s if exc.wait_s is not None else self._retry_initial_s)
         retrying = Retrying(
             retry=retry_if_exception_type(_SendAgainError),
             wait=self._wait,
@@ -172,16 +194,23 @@ class Deliverer:
         raise AssertionError("unreachable: tenacity retries forever")  # pragma: no cover
 
     def _attempt(self, batch: Batch[Ref], body: bytes) -> Response:
-        endpoint = batch.route.value
         try:
-            resp = self._client.post(batch.route, body)
+            outcome: Response | TransportError = self._client.post(batch.route, body)
         except TransportError as exc:
-            self._pacer.unanswered()
-            self._observer.on_response(endpoint, 0, 0.0)
-            raise _SendAgainError("transport") from exc
+            outcome = exc
         except BaseException:
             self._pacer.unanswered()
             raise
+        return self._judge(batch, outcome)
+
+    def _judge(self, batch: Batch[Ref], outcome: Response | TransportError) -> Response:
+        """Learn from one answer; returns it when it settles, raises to send again."""
+        endpoint = batch.route.value
+        if isinstance(outcome, TransportError):
+            self._pacer.unanswered()
+            self._observer.on_response(endpoint, 0, 0.0)
+            raise _SendAgainError("transport") from outcome
+        resp = outcome
         self._observer.on_response(endpoint, resp.status, resp.elapsed_s)
         rl = RateLimitHeaders.parse(resp.headers)
         if rl is not None:

@@ -35,6 +35,18 @@ class PartitionOffsets:
         self._last_read = offset
         self._outstanding.append(offset)
 
+    def read_many(self, offsets: list[int]) -> None:
+        """`read` for a run of offsets from one fetch, in the order read."""
+        if not offsets:
+            return
+        first = offsets[0]
+        if self._last_read is not None and first <= self._last_read:
+            raise ValueError(f"offset {first} read after {self._last_read}")
+        if self._last_read is None and self._committed is None:
+            self._committed = first
+        self._last_read = offsets[-1]
+        self._outstanding.extend(offsets)
+
     def finish(self, offset: int) -> None:
         if self._last_read is None or offset > self._last_read:
             return  # never read here (a stale callback): nothing to finish
@@ -42,7 +54,18 @@ class PartitionOffsets:
         self._advance()
 
     def finish_many(self, offsets: Iterable[int]) -> None:
-        self._done.update(offsets)
+        outstanding, done = self._outstanding, self._done
+        it = iter(offsets)
+        if not done:
+            # The usual case: a delivered batch is the head of what is
+            # outstanding, in order; pop it without going through the set.
+            for offset in it:
+                if outstanding and outstanding[0] == offset:
+                    outstanding.popleft()
+                else:
+                    done.add(offset)
+                    break
+        done.update(it)
         self._advance()
 
     def _advance(self) -> None:

@@ -91,25 +91,38 @@ class Pacer:
     def reserve(self) -> float:
         """Claim the next slot; returns how long the caller must wait before sending."""
         with self._lock:
-            now = self._mono()
-            interval = self._cap_interval
-            earliest = now
-            if self._limit is not None:
-                per_window = self._window_s / (self._limit * self._share)
-                if now < self._reset_mono:
-                    left = self._remaining - self._in_flight
-                    if left <= 0:
-                        # Budget spent: the first slot is the new window.
-                        earliest = self._reset_mono
-                        interval = max(interval, per_window)
-                    else:
-                        interval = max(interval, (self._reset_mono - now) / (left * self._share))
-                else:
+            return self._claim()
+
+    def try_reserve(self) -> bool:
+        """Claim a slot only if it is free now (the main loop's non-blocking send)."""
+        with self._lock:
+            saved = self._next_slot, self._in_flight
+            if self._claim() <= 0:
+                return True
+            self._next_slot, self._in_flight = saved
+            return False
+
+    def _claim(self) -> float:
+        """Reserve the next slot (lock held); the wait before it."""
+        now = self._mono()
+        interval = self._cap_interval
+        earliest = now
+        if self._limit is not None:
+            per_window = self._window_s / (self._limit * self._share)
+            if now < self._reset_mono:
+                left = self._remaining - self._in_flight
+                if left <= 0:
+                    # Budget spent: the first slot is the new window.
+                    earliest = self._reset_mono
                     interval = max(interval, per_window)
-            slot = max(earliest, self._next_slot)
-            self._next_slot = slot + interval
-            self._in_flight += 1
-            return slot - now
+                else:
+                    interval = max(interval, (self._reset_mono - now) / (left * self._share))
+            else:
+                interval = max(interval, per_window)
+        slot = max(earliest, self._next_slot)
+        self._next_slot = slot + interval
+        self._in_flight += 1
+        return slot - now
 
     def unanswered(self) -> None:
         """A reserved request that got no rate-limit headers (or was never sent)."""

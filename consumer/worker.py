@@ -33,20 +33,23 @@ from consumer.batching import Item, PartitionBatcher
 from consumer.config import Settings
 from consumer.delivery import Deliverer, DeliveryJob, DeliveryResult, Rejection
 from consumer.dlq import DlqRecord, DlqWriter, Source, dlq_headers
-from consumer.events import EventDecoder, Poison
+from consumer.events import EventDecoder, Poison, Route
 from consumer.kafka_config import consumer_config, producer_config
 from consumer.observe import Health, Metrics
 from consumer.offsets import PartitionOffsets
 from consumer.pacing import Pacer
-from consumer.s2s import S2SClient
+from consumer.s2s import Response, S2SClient, S2SMulti, TransportError
 
 log = logging.getLogger("consumer.worker")
 
 TP = tuple[str, int]
-_CONSUME_BATCH = 1000
+_CONSUME_BATCH = 200
 _IDLE_POLL_S = 0.1
 _BUSY_POLL_S = 0.005
 _COMMIT_INTERVAL_S = 1.0
+# Once nothing is in flight, what finished is committed without waiting out
+# the interval (a drained backlog, a trickle), at most this often.
+_IDLE_COMMIT_S = 0.1
 _REVOKE_WAIT_S = 15.0
 
 
@@ -130,6 +133,9 @@ class Worker:
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
         )
+        # First attempts go out from this thread, without blocking; the
+        # threads take over what needs waiting: retries, pacing, bisection.
+        self._multi: S2SMulti[DeliveryJob[Message]] = S2SMulti(self._client, settings.max_in_flight)
         self._pool = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="deliver")
         self._done: queue.SimpleQueue[DeliveryResult[Message]] = queue.SimpleQueue()
         self._parts: dict[TP, PartitionState] = {}
@@ -191,8 +197,15 @@ class Worker:
         return 0
 
     def _turn(self, consumer: Consumer, flush: bool = False) -> None:
-        timeout = _BUSY_POLL_S if (self._in_flight or self._dlq.pending) else self._idle_wait()
-        messages = consumer.consume(_CONSUME_BATCH, timeout)
+        if self._multi.active:
+            # Answers come back on the multi's sockets: look at Kafka without
+            # waiting, and if it has nothing, wait on those sockets instead.
+            messages = consumer.consume(_CONSUME_BATCH, 0)
+            if not messages:
+                self._multi.wait(_BUSY_POLL_S)
+        else:
+            timeout = _BUSY_POLL_S if (self._in_flight or self._dlq.pending) else self._idle_wait()
+            messages = consumer.consume(_CONSUME_BATCH, timeout)
         now = time.monotonic()
         if messages:
             self._ingest(messages, now)
@@ -200,7 +213,10 @@ class Worker:
         self._dispatch(now, flush)
         self._dlq.service(0)
         self._manage_pauses(consumer)
-        if now - self._last_commit >= _COMMIT_INTERVAL_S:
+        since = now - self._last_commit
+        if since >= _COMMIT_INTERVAL_S or (
+            since >= _IDLE_COMMIT_S and not self._in_flight and not self._dlq.pending
+        ):
             self._commit(consumer, asynchronous=True)
         self.health.beat()
 
@@ -217,34 +233,75 @@ class Worker:
     # ---- records in ----
 
     def _ingest(self, messages: list[Any], now: float) -> None:
+        """Decode a fetch and hand it to the batchers, one call per run of a partition.
+
+        librdkafka hands out records in runs of one partition; the per-run
+        bookkeeping (offsets, batcher, byte counts) is paid once per run,
+        not once per record: this loop is most of the worker's CPU.
+        """
         parts = self._parts
         decode = self._decoder.decode
+        new_item = tuple.__new__
+        batch_route = Route.BATCH
         counts: dict[str, int] = {}
+        run_st: PartitionState | None = None
+        run_topic = ""
+        run_partition = -1
+        offsets: list[int] = []
+        items: list[Item[Message]] = []
+        run_bytes = 0
+        sessions = 0
         for msg in messages:
-            err = msg.error()
-            if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    if err.fatal():
-                        raise KafkaException(err)
-                    log.warning("kafka error", extra={"error": err.str()})
+            if msg.error() is not None:
+                self._kafka_error(msg.error())
                 continue
+            partition = msg.partition()
             topic = msg.topic()
-            st = parts.get((topic, msg.partition()))
-            if st is None:
+            if partition != run_partition or topic != run_topic:
+                if run_st is not None:
+                    run_st.offsets.read_many(offsets)
+                    run_st.batcher.add_many(items, run_bytes, sessions)
+                    self._buffered_bytes += run_bytes
+                    counts[run_topic] = counts.get(run_topic, 0) + len(offsets)
+                run_st = parts.get((topic, partition))
+                run_topic, run_partition = topic, partition
+                offsets, items, run_bytes, sessions = [], [], 0, 0
+            if run_st is None:
                 continue  # a straggler from a partition we no longer own
-            counts[topic] = counts.get(topic, 0) + 1
             offset = msg.offset()
-            st.offsets.read(offset)
+            offsets.append(offset)
             value = msg.value()
             decoded = decode(value)
             if isinstance(decoded, Poison):
-                self._dead_letter(st, msg, decoded.reason, decoded.detail)
-            else:
-                st.batcher.add(Item(offset, decoded.raw, decoded.route, msg, now))
-                self._buffered_bytes += len(decoded.raw)
+                # the run so far goes first: the DLQ ack may finish this offset at once
+                run_st.offsets.read_many(offsets)
+                run_st.batcher.add_many(items, run_bytes, sessions)
+                self._buffered_bytes += run_bytes
+                counts[topic] = counts.get(topic, 0) + len(offsets)
+                offsets, items, run_bytes, sessions = [], [], 0, 0
+                self._dead_letter(run_st, msg, decoded.reason, decoded.detail)
+                continue
+            route = decoded.route
+            if route is not batch_route:
+                sessions += 1
+            run_bytes += len(value)
+            items.append(new_item(Item, (offset, value, route, msg, now)))
+        if run_st is not None:
+            run_st.offsets.read_many(offsets)
+            run_st.batcher.add_many(items, run_bytes, sessions)
+            self._buffered_bytes += run_bytes
+            counts[run_topic] = counts.get(run_topic, 0) + len(offsets)
         for topic, n in counts.items():
-            self.metrics.events_consumed.labels(topic).inc(n)
-            self.stats["consumed"] += n
+            if n:
+                self.metrics.events_consumed.labels(topic).inc(n)
+                self.stats["consumed"] += n
+
+    def _kafka_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("kafka error", extra={"error": err.str()})
 
     def _dead_letter(
         self,
@@ -308,12 +365,22 @@ class Worker:
             job: DeliveryJob[Message] = DeliveryJob(st.tp, batch, st.generation)
             st.in_flight = job
             self._in_flight += 1
-            self._pool.submit(self._run_job, job)
+            if self._pacer.try_reserve():
+                self._multi.start(batch.route, batch.body, job)
+            else:
+                self._pool.submit(self._run_job, job)
 
-    def _run_job(self, job: DeliveryJob[Message]) -> None:
-        self._done.put(self._deliverer.deliver(job))
+    def _run_job(
+        self, job: DeliveryJob[Message], first: Response | TransportError | None = None
+    ) -> None:
+        self._done.put(self._deliverer.deliver(job, first))
 
     def _collect(self) -> None:
+        for job, outcome in self._multi.poll():
+            if isinstance(outcome, Response) and outcome.status == 200:
+                self._apply(self._deliverer.deliver(job, outcome))
+            else:
+                self._pool.submit(self._run_job, job, outcome)
         while True:
             try:
                 result = self._done.get_nowait()
@@ -338,7 +405,7 @@ class Worker:
             )
             st.retry_batch, st.retry_at = job.batch, time.monotonic() + 1.0
             return
-        self._buffered_bytes -= sum(len(i.raw) for i in job.batch.items)
+        self._buffered_bytes -= job.batch.payload_bytes
         if result.accepted:
             n = len(result.accepted)
             st.offsets.finish_many([i.offset for i in result.accepted])
@@ -498,7 +565,7 @@ class Worker:
                 st.in_flight.cancel.set()
             self._buffered_bytes -= sum(len(i.raw) for i in st.batcher.clear())
             if st.in_flight is not None:
-                self._buffered_bytes -= sum(len(i.raw) for i in st.in_flight.batch.items)
+                self._buffered_bytes -= st.in_flight.batch.payload_bytes
             if st.paused:
                 paused.append(TopicPartition(*key))
             with contextlib.suppress(KeyError):  # no commit was tried for it yet
@@ -545,6 +612,7 @@ class Worker:
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed", extra={"error": str(exc)})
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._multi.close()
         left = self._dlq.close(5.0)
         if left:
             log.warning("dlq records unacknowledged at exit", extra={"count": left})

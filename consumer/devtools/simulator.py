@@ -76,6 +76,7 @@ class _Server(socketserver.ThreadingTCPServer):
         self.sim = sim
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self.opened = 0  # connections accepted so far: shows whether clients keep them alive
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
@@ -83,6 +84,7 @@ class _Server(socketserver.ThreadingTCPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
             self._conns.add(request)
+            self.opened += 1
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
@@ -341,6 +343,12 @@ class Simulator(SimulatorCore):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self._port}"
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections accepted since the last bind (an outage rebinds)."""
+        server = self._server
+        return 0 if server is None else server.opened
 
     def _bind(self) -> None:
         server = _Server((self._host, self._port), self)

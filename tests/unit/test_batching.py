@@ -56,6 +56,15 @@ def item(
     return Item(offset=offset, raw=raw, route=route, ref=f"ref-{offset}", arrived=arrived)
 
 
+def test_split_halves_carry_their_own_byte_counts() -> None:
+    batch = Batch(Route.BATCH, [item(i, size=30 + i) for i in range(5)])
+    assert batch.payload_bytes == sum(30 + i for i in range(5))
+    head, tail = batch.split()
+    assert head.payload_bytes == 30 + 31
+    assert tail.payload_bytes == 32 + 33 + 34
+    assert head.payload_bytes + tail.payload_bytes == batch.payload_bytes
+
+
 def drain(batcher: PartitionBatcher[str], now: float = 0.0) -> list[Batch[str]]:
     out: list[Batch[str]] = []
     while (batch := batcher.take(now, flush=True)) is not None:
@@ -482,17 +491,30 @@ def workloads(draw: st.DrawFn) -> tuple[int, int, list[Spec]]:
 
 
 @settings(max_examples=150, deadline=None)
-@given(workloads())
+@given(workloads(), st.integers(min_value=0, max_value=40))
 def test_property_every_cut_obeys_the_limits_and_keeps_order(
-    workload: tuple[int, int, list[Spec]],
+    workload: tuple[int, int, list[Spec]], run: int
 ) -> None:
+    """`run` > 0 feeds the batcher in runs through `add_many`, as the worker does."""
     max_events, max_bytes, specs = workload
     batcher = PartitionBatcher[str](max_events, max_bytes, 0.5)
     items = [item(offset, spec.route, size=spec.size) for offset, spec in enumerate(specs)]
-    for it in items:
-        batcher.add(it)
+    if run:
+        for start in range(0, len(items), run):
+            chunk = items[start : start + run]
+            sessions = sum(i.route is not Route.BATCH for i in chunk)
+            batcher.add_many(chunk, sum(len(i.raw) for i in chunk), sessions)
+    else:
+        for it in items:
+            batcher.add(it)
     assert batcher.pending_bytes == sum(s.size for s in specs)
-    cuts = drain(batcher, now=0.0)
+    cuts = []
+    while (cut := batcher.take(0.0, flush=True)) is not None:
+        assert cut.payload_bytes == sum(len(i.raw) for i in cut.items)
+        cuts.append(cut)
+        assert batcher.pending_bytes == sum(len(i.raw) for i in items) - sum(
+            c.payload_bytes for c in cuts
+        )
     assert batcher.pending_events == 0
     assert batcher.pending_bytes == 0
 

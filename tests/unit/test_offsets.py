@@ -118,6 +118,34 @@ def test_finish_many_equals_individual_finishes() -> None:
     assert po.committable == 10
 
 
+def test_read_many_equals_individual_reads() -> None:
+    one, many = PartitionOffsets(), PartitionOffsets()
+    for offset in (10, 11, 13):
+        one.read(offset)
+    many.read_many([10, 11, 13])
+    many.read_many([])
+    assert (many.committable, many.outstanding, many.last_read, many.committed) == (
+        one.committable,
+        one.outstanding,
+        one.last_read,
+        one.committed,
+    )
+    with pytest.raises(ValueError, match="offset 13 read after 13"):
+        many.read_many([13, 14])
+
+
+def test_finish_many_of_the_head_in_order_then_out_of_order() -> None:
+    po = _reading(1, 2, 3, 4, 5, 6)
+    po.finish_many([1, 2, 4])  # the head goes at once; 4 waits for 3
+    assert po.committable == 3
+    assert po.outstanding == 4
+    po.finish_many([3])
+    assert po.committable == 5
+    po.finish_many([6, 5])
+    assert po.committable == 7
+    assert po.outstanding == 0
+
+
 def test_finishing_twice_is_harmless() -> None:
     po = _reading(1, 2, 3)
     po.finish(2)

@@ -1,0 +1,169 @@
+"""The HTTP transport (libcurl) against the simulator: blocking posts and the non-blocking multi."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from consumer.config import ApiKeySource, Secret
+from consumer.devtools.simulator import Simulator
+from consumer.events import Route
+from consumer.s2s import Response, S2SClient, S2SMulti, TransportError
+
+pytestmark = pytest.mark.integration
+
+KEY = "transport-test-key"
+
+
+def body(n: int, start: int = 0) -> bytes:
+    events = [
+        {
+            "event_type": "transaction",
+            "identifiers": {"player_id": f"p{start + i}"},
+            "payload": {"amount": 1.5, "currency": "USD"},
+        }
+        for i in range(n)
+    ]
+    return orjson.dumps({"events": events})
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(keys=[KEY]) as s:
+        yield s
+
+
+@pytest.fixture
+def client(sim: Simulator) -> Iterator[S2SClient]:
+    c = S2SClient(sim.url, ApiKeySource(Secret(KEY)), timeout_s=5.0, pool_size=4)
+    yield c
+    c.close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_post_returns_status_and_rate_headers_case_insensitively(
+    client: S2SClient, sim: Simulator
+) -> None:
+    resp = client.post(Route.BATCH, body(3))
+    assert resp.status == 200
+    assert int(resp.headers["X-RateLimit-Limit"]) > 0
+    assert resp.headers["x-ratelimit-remaining"] == resp.headers.get("X-RATELIMIT-REMAINING")
+    assert "X-RateLimit-Reset" in resp.headers
+    assert resp.elapsed_s > 0
+    assert [e["identifiers"]["player_id"] for e in sim.accepted_events()] == ["p0", "p1", "p2"]
+
+
+def test_keep_alive_reuses_one_connection_per_thread(client: S2SClient, sim: Simulator) -> None:
+    for i in range(20):
+        assert client.post(Route.BATCH, body(1, i)).status == 200
+    assert sim.connections_opened == 1
+
+
+def test_error_answer_keeps_status_and_a_capped_body(client: S2SClient, sim: Simulator) -> None:
+    resp = client.post(Route.BATCH, b'{"events": "not a list"}')
+    assert resp.status == 400
+    assert b"events must be an array" in resp.body
+    assert len(resp.body) <= 4096
+    sim.set_error_rate(1.0)
+    assert client.post(Route.BATCH, body(1)).status >= 500
+
+
+def test_refused_connection_is_a_transport_error_without_the_key() -> None:
+    c = S2SClient(f"http://127.0.0.1:{closed_port()}", ApiKeySource(Secret(KEY)), timeout_s=2.0)
+    with pytest.raises(TransportError) as info:
+        c.post(Route.BATCH, body(1))
+    assert "/api/v1/events" in str(info.value)
+    assert KEY not in str(info.value)
+    c.close()
+
+
+def test_slow_answer_times_out(sim: Simulator) -> None:
+    sim.set_latency(2.0)
+    c = S2SClient(sim.url, ApiKeySource(Secret(KEY)), timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(TransportError):
+        c.post(Route.BATCH, body(1))
+    assert time.monotonic() - started < 1.5
+    c.close()
+
+
+def test_rotated_key_file_is_used_after_reload(sim: Simulator, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("old-key")
+    c = S2SClient(sim.url, ApiKeySource(file=key_file), timeout_s=5.0)
+    assert c.post(Route.BATCH, body(1)).status == 401
+    key_file.write_text(KEY)
+    c.reload_key()
+    assert c.post(Route.BATCH, body(1)).status == 200
+    c.close()
+
+
+def drain(multi: S2SMulti[int], expect: int) -> dict[int, Response | TransportError]:
+    got: dict[int, Response | TransportError] = {}
+    deadline = time.monotonic() + 10
+    while len(got) < expect and time.monotonic() < deadline:
+        multi.wait(0.05)
+        for token, outcome in multi.poll():
+            assert token not in got, "a token came back twice"
+            got[token] = outcome
+    return got
+
+
+def test_multi_runs_requests_concurrently_and_returns_each_token_once(
+    client: S2SClient, sim: Simulator
+) -> None:
+    sim.set_latency(0.2)
+    multi: S2SMulti[int] = S2SMulti(client, 8)
+    started = time.monotonic()
+    for i in range(8):
+        multi.start(Route.BATCH, body(2, 2 * i), i)
+    assert multi.active == 8
+    got = drain(multi, 8)
+    elapsed = time.monotonic() - started
+    assert sorted(got) == list(range(8))
+    assert all(isinstance(r, Response) and r.status == 200 for r in got.values())
+    assert multi.active == 0
+    # eight 200 ms answers side by side, not one after another
+    assert elapsed < 1.0
+    assert len(sim.accepted_events()) == 16
+    # handles are reused: a second round opens no new connections
+    conns = sim.connections_opened
+    sim.set_latency(None)
+    for i in range(8):
+        multi.start(Route.BATCH, body(1, 100 + i), i)
+    assert len(drain(multi, 8)) == 8
+    assert sim.connections_opened == conns
+    multi.close()
+
+
+def test_multi_reports_transport_errors_per_request() -> None:
+    c = S2SClient(f"http://127.0.0.1:{closed_port()}", ApiKeySource(Secret(KEY)), timeout_s=2.0)
+    multi: S2SMulti[int] = S2SMulti(c, 4)
+    for i in range(3):
+        multi.start(Route.SESSION_START, body(1), i)
+    got = drain(multi, 3)
+    assert sorted(got) == [0, 1, 2]
+    for outcome in got.values():
+        assert isinstance(outcome, TransportError)
+        assert "/api/v1/sessions/start" in str(outcome)
+        assert KEY not in str(outcome)
+    multi.close()
+    c.close()
+
+
+def test_multi_close_abandons_requests_in_flight(client: S2SClient, sim: Simulator) -> None:
+    sim.set_latency(1.0)
+    multi: S2SMulti[int] = S2SMulti(client, 2)
+    multi.start(Route.BATCH, body(1), 1)
+    multi.close()
+    assert multi.active == 0
