@@ -49,6 +49,7 @@ class Pacer:
     """
 
     _MIN_SHARE = 1 / 64
+    _SHARED_MARGIN = 0.03
 
     def __init__(
         self,
@@ -91,38 +92,56 @@ class Pacer:
     def reserve(self) -> float:
         """Claim the next slot; returns how long the caller must wait before sending."""
         with self._lock:
-            return self._claim()
+            now = self._mono()
+            slot, interval = self._next(now)
+            self._claim(slot, interval)
+            return slot - now
 
     def try_reserve(self) -> bool:
-        """Claim a slot only if it is free now (the main loop's non-blocking send)."""
-        with self._lock:
-            saved = self._next_slot, self._in_flight
-            if self._claim() <= 0:
-                return True
-            self._next_slot, self._in_flight = saved
-            return False
+        """Claim the next slot only if it is free now (`reserve()` would wait <= 0).
 
-    def _claim(self) -> float:
-        """Reserve the next slot (lock held); the wait before it."""
-        now = self._mono()
+        True: the slot is claimed and counted exactly as `reserve()` counts it (so
+        it needs its `observe()` or `unanswered()`). False: nothing changed.
+        """
+        with self._lock:
+            now = self._mono()
+            slot, interval = self._next(now)
+            if slot > now:
+                return False
+            self._claim(slot, interval)
+            return True
+
+    def _next(self, now: float) -> tuple[float, float]:
+        """The next slot and the spacing after it; changes nothing. Lock held."""
         interval = self._cap_interval
-        earliest = now
-        if self._limit is not None:
-            per_window = self._window_s / (self._limit * self._share)
-            if now < self._reset_mono:
-                left = self._remaining - self._in_flight
-                if left <= 0:
-                    # Budget spent: the first slot is the new window.
-                    earliest = self._reset_mono
-                    interval = max(interval, per_window)
-                else:
-                    interval = max(interval, (self._reset_mono - now) / (left * self._share))
-            else:
-                interval = max(interval, per_window)
-        slot = max(earliest, self._next_slot)
+        start = max(now, self._next_slot)
+        if self._limit is None:
+            return start, interval
+        per_window = self._window_s / (self._limit * self._share)
+        if start >= self._reset_mono:
+            return start, max(interval, per_window)
+        # The key's requests not yet in the `remaining` we last heard: ours in
+        # flight stand for in_flight / share of the key's, and since that answer
+        # the other workers have sent about (1 - share) / share more. Without
+        # that, every worker takes the window's last slots for itself: a 429
+        # per worker per window.
+        left = self._remaining - (self._in_flight + 1) / self._share + 1
+        if self._share < 1.0:
+            # Shared key: the share is an estimate, so keep a little back.
+            left = (left - 1) * (1.0 - self._SHARED_MARGIN)
+        if left <= 0:
+            # Budget spent: the first slot is the new window.
+            return max(start, self._reset_mono), max(interval, per_window)
+        # Spread what is left from this slot, not from now: when slots are
+        # already handed out ahead of now (threads waiting for theirs), a
+        # spacing worked out over reset - now but counted from the later slot
+        # is too long, the last slots fall past the reset and the end of the
+        # window goes unused (one worker used 94% of its budget so).
+        return start, max(interval, (self._reset_mono - start) / (left * self._share))
+
+    def _claim(self, slot: float, interval: float) -> None:
         self._next_slot = slot + interval
         self._in_flight += 1
-        return slot - now
 
     def unanswered(self) -> None:
         """A reserved request that got no rate-limit headers (or was never sent)."""
