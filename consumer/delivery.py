@@ -72,11 +72,37 @@ class DeliveryJob(Generic[Ref]):
     key: Any  # the worker's partition key, (topic, partition)
     batch: Batch[Ref]
     generation: int = 0
-    cancel: threading.Event = field(default_factory=threading.Event)
+    # Most jobs end in one non-blocking request and never sleep: the Event a
+    # sleeping thread waits on (a Condition and a lock to build) is made only
+    # for jobs handed to a thread, by `arm()`, on the thread that cancels.
+    _event: threading.Event | None = None
+    _cancelled: bool = False
+
+    def arm(self) -> None:
+        """Before the job goes to a delivery thread: make the Event its sleeps wait on."""
+        if self._event is None:
+            self._event = threading.Event()
+            if self._cancelled:
+                self._event.set()
+
+    def cancel(self) -> None:
+        """The worker gives up on this job: a sleeping thread wakes and abandons it."""
+        self._cancelled = True
+        if self._event is not None:
+            self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
 
     def sleep(self, seconds: float) -> None:
         """Wait, unless the worker gives up on this job first."""
-        if (seconds > 0 and self.cancel.wait(seconds)) or self.cancel.is_set():
+        event = self._event
+        if event is None:
+            self.arm()  # a job run straight on a thread (tests, tools)
+            event = self._event
+            assert event is not None
+        if (seconds > 0 and event.wait(seconds)) or event.is_set():
             raise JobAbandonedError("job cancelled")
 
 

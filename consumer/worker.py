@@ -73,11 +73,21 @@ class _DeliveryObserver:
         self._m = metrics
         self._h = health
         self._pacer = pacer
+        # labels() costs a lock and a dict look-up per call: keep the children
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def on_response(self, endpoint: str, status: int, elapsed_s: float) -> None:
-        self._m.api_requests.labels(endpoint, str(status) if status else "error").inc()
+        counter = self._counted.get((endpoint, status))
+        if counter is None:
+            counter = self._m.api_requests.labels(endpoint, str(status) if status else "error")
+            self._counted[(endpoint, status)] = counter
+        counter.inc()
         if status:
-            self._m.request_seconds.labels(endpoint).observe(elapsed_s)
+            timer = self._timed.get(endpoint)
+            if timer is None:
+                timer = self._timed[endpoint] = self._m.request_seconds.labels(endpoint)
+            timer.observe(elapsed_s)
         remaining = self._pacer.remaining
         if remaining is not None:
             self._m.rate_limit_remaining.set(remaining)
@@ -349,9 +359,10 @@ class Worker:
         if self.health.halted:
             return  # the in-flight requests are probing the key; don't pile on
         limit = self.settings.max_in_flight
+        started = self._multi.active
         for st in self._parts.values():
             if self._in_flight >= limit:
-                return
+                break
             if st.in_flight is not None:
                 continue
             if st.retry_batch is not None:
@@ -368,7 +379,10 @@ class Worker:
             if self._pacer.try_reserve():
                 self._multi.start(batch.route, batch.body, job)
             else:
+                job.arm()
                 self._pool.submit(self._run_job, job)
+        if self._multi.active > started:
+            self._multi.send()
 
     def _run_job(
         self, job: DeliveryJob[Message], first: Response | TransportError | None = None
@@ -380,6 +394,7 @@ class Worker:
             if isinstance(outcome, Response) and outcome.status == 200:
                 self._apply(self._deliverer.deliver(job, outcome))
             else:
+                job.arm()
                 self._pool.submit(self._run_job, job, outcome)
         while True:
             try:
@@ -562,7 +577,7 @@ class Worker:
             if st is None:
                 continue
             if st.in_flight is not None:
-                st.in_flight.cancel.set()
+                st.in_flight.cancel()
             self._buffered_bytes -= sum(len(i.raw) for i in st.batcher.clear())
             if st.in_flight is not None:
                 self._buffered_bytes -= st.in_flight.batch.payload_bytes
@@ -603,7 +618,7 @@ class Worker:
     def _shutdown(self, consumer: Consumer, commit: bool) -> None:
         for st in self._parts.values():
             if st.in_flight is not None:
-                st.in_flight.cancel.set()
+                st.in_flight.cancel()
         if commit:
             self._collect()
             self._commit(consumer, asynchronous=False)
