@@ -15,6 +15,7 @@ group; partitions whose buffers are full are paused, not starved of polls.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import queue
 import signal
@@ -64,6 +65,18 @@ class PartitionState:
     paused: bool = False
     retry_at: float = 0.0
     retry_batch: Any = None
+
+
+def _tune_gc() -> None:
+    """Fewer cyclic-GC passes: the loop makes several tracked objects per event
+    (records, items, batches) that are freed by reference counting, almost
+    never in cycles. At the default threshold (700) the collector ran every
+    ~200 events and took 0.5 us per event; at 10,000 it took 0.04 us (bench/).
+    What is alive at start-up (modules, settings) is frozen out of the passes.
+    """
+    gc.collect()  # garbage first: frozen objects are never collected
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
 class _DeliveryObserver:
@@ -184,6 +197,7 @@ class Worker:
         signal.signal(signal.SIGINT, handler)
 
     def run(self, until: Callable[[], bool] | None = None) -> int:
+        _tune_gc()
         consumer = self._consumer = Consumer(self._consumer_conf)
         consumer.subscribe(
             self.settings.topic_patterns,
