@@ -193,7 +193,9 @@ class S2SClient:
         with self._handles_lock:
             handles, self._handles = self._handles, []
         for curl in handles:
-            curl.close()
+            # a delivery thread may still be in perform() at shutdown: pycurl refuses
+            with contextlib.suppress(pycurl.error):
+                curl.close()
 
 
 class S2SMulti(Generic[T]):

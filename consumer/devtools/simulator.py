@@ -15,6 +15,7 @@ import contextlib
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -72,14 +73,24 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
+    def __init__(
+        self, address: tuple[str, int], sim: Simulator, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.sim = sim
+        self._tls = tls
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self.opened = 0  # connections accepted so far: shows whether clients keep them alive
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = super().get_request()
+        if self._tls is not None:
+            # the handshake happens on the handler's thread, at its first read
+            conn = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, addr
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
@@ -285,14 +296,16 @@ class Simulator(SimulatorCore):
         record_events: bool = True,
         seed: int = 0,
         limits: Mapping[str, int | None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """`limit_per_window` (0/None: unlimited) is every key's budget unless `limits` or
-        a `keys` mapping gives a key its own."""
+        a `keys` mapping gives a key its own; `tls` (a server context) serves HTTPS."""
         super().__init__(keys, limit_per_window, window_s, record_events, seed)
         for key, limit in (limits or {}).items():
             self.add_key(key, limit)
         self._host = host
         self._port = port
+        self._tls = tls
         self._ctl = threading.RLock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -342,7 +355,8 @@ class Simulator(SimulatorCore):
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._host, self._host)
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self._port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{self._port}"
 
     @property
     def connections_opened(self) -> int:
@@ -351,7 +365,7 @@ class Simulator(SimulatorCore):
         return 0 if server is None else server.opened
 
     def _bind(self) -> None:
-        server = _Server((self._host, self._port), self)
+        server = _Server((self._host, self._port), self, self._tls)
         self._port = server.server_address[1]
         thread = threading.Thread(
             target=server.serve_forever,

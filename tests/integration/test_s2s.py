@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +170,52 @@ def test_multi_close_abandons_requests_in_flight(client: S2SClient, sim: Simulat
     multi.start(Route.BATCH, body(1), 1)
     multi.close()
     assert multi.active == 0
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made by the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_sim(tls_files: tuple[Path, Path]) -> Iterator[Simulator]:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(*tls_files)
+    with Simulator(keys=[KEY], tls=ctx) as s:
+        yield s
+
+
+def test_https_verifies_the_server_against_ssl_cert_file(
+    tls_sim: Simulator, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tls_sim.url.startswith("https://")
+    # the system's CAs do not know a self-signed certificate: no answer, a transport error
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    untrusting = S2SClient(tls_sim.url, ApiKeySource(Secret(KEY)), timeout_s=5.0)
+    with pytest.raises(TransportError, match="curl error 60"):
+        untrusting.post(Route.BATCH, body(1))
+    untrusting.close()
+    assert tls_sim.requests() == 0
+    # trusting it through SSL_CERT_FILE: both ways of sending work over TLS
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
+    trusting = S2SClient(tls_sim.url, ApiKeySource(Secret(KEY)), timeout_s=5.0)
+    assert trusting.post(Route.BATCH, body(2)).status == 200
+    multi: S2SMulti[int] = S2SMulti(trusting, 2)
+    multi.start(Route.BATCH, body(1, 10), 7)
+    got = drain(multi, 1)
+    assert isinstance(got[7], Response)
+    assert got[7].status == 200
+    multi.close()
+    trusting.close()
+    assert len(tls_sim.accepted_events()) == 3
