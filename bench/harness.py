@@ -74,7 +74,7 @@ SCALES = {
         latency_lingers_ms=(100, 1000),
         memory_events=500_000,
         memory_outage_s=60.0,
-        throughput_repeats=2,
+        throughput_repeats=3,
     ),
     "small": Scale(
         name="small",
