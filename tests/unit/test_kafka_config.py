@@ -62,6 +62,7 @@ def test_consumer_defaults() -> None:
         "auto.offset.reset": "earliest",
         "queued.max.messages.kbytes": 16384,
         "fetch.max.bytes": 16 * 1024 * 1024,
+        "fetch.queue.backoff.ms": 20,
         "max.poll.interval.ms": 300000,
         "session.timeout.ms": 45000,
         "client.id": f"gr-s2s-consumer-{os.getpid()}",
