@@ -57,9 +57,11 @@ def test_sigterm_drains_commits_and_leaves_the_group(
     items = list(samples.generate(n, poison_share=0.0, seed=3))
     produce(bootstrap, topic, (s.value for s in items), partitions=4)
     simulator.set_latency((0.05, 0.15))
-    # a small prefetch, so that the first worker cannot hold the whole topic
+    # a small prefetch and a 1 MiB buffer (about 4,000 of these events), so that
+    # the first worker cannot hold the whole topic when it is told to stop
     env = _env(bootstrap, topic, group, simulator, KAFKA_QUEUED_MAX_MESSAGES_KBYTES="64",
-               KAFKA_MAX_PARTITION_FETCH_BYTES="32768")  # fmt: skip
+               KAFKA_MAX_PARTITION_FETCH_BYTES="32768",
+               GR_MAX_BUFFERED_BYTES="1048576")  # fmt: skip
     first = spawn_worker(env, tmp_path, "first")
     wait_until(lambda: len(simulator.accepted_events()) >= 1000, 90, "delivery under way")
     assert first.terminate(60) == 0, first.log()
