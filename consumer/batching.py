@@ -157,9 +157,9 @@ class PartitionBatcher(Generic[Ref]):
                 self._bytes -= payload
                 return Batch(Route.BATCH, taken, payload)
         head = items.popleft()
-        self._bytes -= len(head.raw)
         if head.route is not Route.BATCH:
             self._sessions -= 1
+            self._bytes -= len(head.raw)
             return Batch(head.route, [head], len(head.raw))
         taken = [head]
         size = body_size(1, len(head.raw))
@@ -177,7 +177,7 @@ class PartitionBatcher(Generic[Ref]):
             size = grown
             append(popleft())
         payload = size - WRAPPER_BYTES - len(taken)
-        self._bytes -= payload - len(head.raw)  # the head's bytes went above
+        self._bytes -= payload
         return Batch(Route.BATCH, taken, payload)
 
     def clear(self) -> list[Item[Ref]]:

@@ -186,14 +186,13 @@ class Deliverer:
         result: DeliveryResult[Ref],
         first: Response | TransportError | None,
     ) -> Response:
+        again: _SendAgainError | None = None
         if first is not None:
             result.requests += 1
             try:
-                return self._judge(batch, first)
+                return self._judge(batch, first)  # a 200 settles here, without tenacity
             except _SendAgainError as exc:
-                self._observer.on_retry(exc.reason)
-                # tenacity's first wait is its smallest; a 429 names its own
-                job.sleep(exc.wait_s if exc.wait_s is not None else self._retry_initial_s)
+                again = exc
         retrying = Retrying(
             retry=retry_if_exception_type(_SendAgainError),
             wait=self._wait,
@@ -209,6 +208,11 @@ class Deliverer:
         body = batch.body
         for attempt in retrying:
             with attempt:
+                if again is not None:
+                    # The first attempt failed: it counts as tenacity's attempt 1,
+                    # so its wait, its report and the backoff after it are tenacity's.
+                    failed, again = again, None
+                    raise failed
                 delay = self._pacer.reserve()
                 try:
                     job.sleep(delay)

@@ -26,23 +26,18 @@ class PartitionOffsets:
 
     def read(self, offset: int) -> None:
         """Register a record as read; offsets must grow (gaps are fine: compaction)."""
-        if self._last_read is not None and offset <= self._last_read:
-            raise ValueError(f"offset {offset} read after {self._last_read}")
-        if self._last_read is None and self._committed is None:
-            # Where reading started is where the group already stands: committing
-            # it again says nothing new, so it is not worth a commit.
-            self._committed = offset
-        self._last_read = offset
-        self._outstanding.append(offset)
+        self.read_many([offset])
 
     def read_many(self, offsets: list[int]) -> None:
-        """`read` for a run of offsets from one fetch, in the order read."""
+        """`read` for a run of offsets from one fetch, growing, in the order read."""
         if not offsets:
             return
         first = offsets[0]
         if self._last_read is not None and first <= self._last_read:
             raise ValueError(f"offset {first} read after {self._last_read}")
         if self._last_read is None and self._committed is None:
+            # Where reading started is where the group already stands: committing
+            # it again says nothing new, so it is not worth a commit.
             self._committed = first
         self._last_read = offsets[-1]
         self._outstanding.extend(offsets)

@@ -111,7 +111,6 @@ class S2SClient:
         key_source: ApiKeySource,
         *,
         timeout_s: float = 10.0,
-        pool_size: int = 8,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._key_source = key_source
@@ -119,14 +118,9 @@ class S2SClient:
         self._key: Secret = key_source.read()
         self._timeout_ms = max(1, round(timeout_s * 1000))
         self._connect_ms = max(1, round(min(timeout_s, 5.0) * 1000))
-        self._pool_size = pool_size
         self._local = threading.local()
         self._handles: list[pycurl.Curl] = []
         self._handles_lock = threading.Lock()
-
-    @property
-    def pool_size(self) -> int:
-        return self._pool_size
 
     def reload_key(self) -> None:
         """Re-read the key (a rotated Secret file); keep the old one if the file is unreadable."""

@@ -150,7 +150,6 @@ class Worker:
             settings.base_url,
             settings.api_key,
             timeout_s=settings.http_timeout_s,
-            pool_size=settings.max_in_flight,
         )
         self._deliverer = Deliverer(
             self._client,
@@ -299,10 +298,8 @@ class Worker:
             items = list(
                 map(_new_tuple, repeat(Item), zip(offsets, values, routes, run, repeat(now)))
             )
-            nbytes = sum(map(len, values))
-            st.offsets.read_many(offsets)
-            st.batcher.add_many(items, nbytes, len(routes) - routes.count(Route.BATCH))
-            self._buffered_bytes += nbytes
+            sessions = len(routes) - routes.count(Route.BATCH)
+            self._hand_over(st, offsets, items, sum(map(len, values)), sessions)
             counts[topic] = counts.get(topic, 0) + len(run)
         for topic, n in counts.items():
             self.metrics.events_consumed.labels(topic).inc(n)
@@ -334,9 +331,7 @@ class Worker:
             topic = msg.topic()
             if partition != run_partition or topic != run_topic:
                 if run_st is not None:
-                    run_st.offsets.read_many(offsets)
-                    run_st.batcher.add_many(items, run_bytes, sessions)
-                    self._buffered_bytes += run_bytes
+                    self._hand_over(run_st, offsets, items, run_bytes, sessions)
                     counts[run_topic] = counts.get(run_topic, 0) + len(offsets)
                 run_st = parts.get((topic, partition))
                 run_topic, run_partition = topic, partition
@@ -349,9 +344,7 @@ class Worker:
             result = decode(value) if decoded is None else decoded[index]
             if isinstance(result, Poison):
                 # the run so far goes first: the DLQ ack may finish this offset at once
-                run_st.offsets.read_many(offsets)
-                run_st.batcher.add_many(items, run_bytes, sessions)
-                self._buffered_bytes += run_bytes
+                self._hand_over(run_st, offsets, items, run_bytes, sessions)
                 counts[topic] = counts.get(topic, 0) + len(offsets)
                 offsets, items, run_bytes, sessions = [], [], 0, 0
                 self._dead_letter(run_st, msg, result.reason, result.detail)
@@ -362,10 +355,21 @@ class Worker:
             run_bytes += len(value)
             items.append(_new_tuple(Item, (offset, value, route, msg, now)))
         if run_st is not None:
-            run_st.offsets.read_many(offsets)
-            run_st.batcher.add_many(items, run_bytes, sessions)
-            self._buffered_bytes += run_bytes
+            self._hand_over(run_st, offsets, items, run_bytes, sessions)
             counts[run_topic] = counts.get(run_topic, 0) + len(offsets)
+
+    def _hand_over(
+        self,
+        st: PartitionState,
+        offsets: list[int],
+        items: list[Item[Message]],
+        nbytes: int,
+        sessions: int,
+    ) -> None:
+        """A run of read records: all their offsets, the valid ones to the batcher."""
+        st.offsets.read_many(offsets)
+        st.batcher.add_many(items, nbytes, sessions)
+        self._buffered_bytes += nbytes
 
     def _kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:

@@ -43,7 +43,7 @@ def sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def client(sim: Simulator) -> Iterator[S2SClient]:
-    c = S2SClient(sim.url, ApiKeySource(Secret(KEY)), timeout_s=5.0, pool_size=4)
+    c = S2SClient(sim.url, ApiKeySource(Secret(KEY)), timeout_s=5.0)
     yield c
     c.close()
 

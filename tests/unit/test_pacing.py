@@ -6,7 +6,9 @@ import heapq
 import itertools
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +16,8 @@ from hypothesis import strategies as st
 
 from consumer.pacing import Pacer, RateLimitHeaders
 from consumer.policy import wait_after_429
+
+T = TypeVar("T")
 
 # A wall-clock instant on a whole minute; the monotonic clock starts at 0.
 WALL0 = 1_700_000_040.0
@@ -550,22 +554,28 @@ def test_try_reserve_without_headers_or_cap_always_succeeds() -> None:
     assert pacer.try_reserve() is True
 
 
+def _from_threads(call: Callable[[], T], threads: int = 8, each: int = 50) -> list[T]:
+    """`call` made `each` times on each of `threads` threads at once; every result."""
+    results: list[T] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        mine = [call() for _ in range(each)]
+        with lock:
+            results.extend(mine)
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    return results
+
+
 def test_try_reserve_is_thread_safe_one_winner_per_slot() -> None:
     clock = FakeClock()
     pacer = _pacer(clock, cap=60)
-    wins: list[bool] = []
-    lock = threading.Lock()
-
-    def claim() -> None:
-        mine = [pacer.try_reserve() for _ in range(50)]
-        with lock:
-            wins.extend(mine)
-
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    wins = _from_threads(pacer.try_reserve)
     assert wins.count(True) == 1
     assert pacer.reserve() == pytest.approx(1.0)
 
@@ -573,19 +583,7 @@ def test_try_reserve_is_thread_safe_one_winner_per_slot() -> None:
 def test_reserve_is_thread_safe_every_slot_distinct() -> None:
     clock = FakeClock()
     pacer = _pacer(clock, cap=60)
-    waits: list[float] = []
-    lock = threading.Lock()
-
-    def claim() -> None:
-        mine = [pacer.reserve() for _ in range(50)]
-        with lock:
-            waits.extend(mine)
-
-    threads = [threading.Thread(target=claim) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    waits = _from_threads(pacer.reserve)
     assert sorted(waits) == [float(i) for i in range(400)]
 
 
