@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from consumer.errors import ConfigError
+from consumer.events import parse_strict_rules
 
 DEFAULT_BASE_URL = "https://sdk-api.gamerebellion.com"
 API_MAX_EVENTS = 100
@@ -114,6 +115,7 @@ class Settings:
     batch_linger_ms: int = 500
     event_max_bytes: int = 262_144
     strict_event_types: bool = False
+    strict_rules: tuple[str, ...] = ()
     rate_limit_per_minute: int | None = None
     http_port: int = 8080
     http_timeout_s: float = 10.0
@@ -183,6 +185,17 @@ def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: flo
     if not lo <= value <= hi:  # also rejects nan
         raise ConfigError(name, f"must be a number from {lo:g} to {hi:g} (got {raw})")
     return value
+
+
+def _strict_rules(env: Mapping[str, str], strict_types: bool) -> tuple[str, ...]:
+    """GR_STRICT_RULES, plus `unknown_types` when GR_STRICT_EVENT_TYPES is true."""
+    try:
+        rules = set(parse_strict_rules(env.get("GR_STRICT_RULES", "")))
+    except ValueError as exc:
+        raise ConfigError("GR_STRICT_RULES", str(exc)) from None
+    if strict_types:
+        rules.add("unknown_types")
+    return tuple(sorted(rules))
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -309,6 +322,7 @@ def load(env: Mapping[str, str]) -> Settings:
             f"({batch_max_bytes - 16})",
         )
     rate = env.get("GR_RATE_LIMIT_PER_MINUTE", "").strip()
+    strict_types = _bool(env, "GR_STRICT_EVENT_TYPES", False)
     retry_initial = _float(env, "GR_RETRY_INITIAL_S", 0.2, 0.001, 60)
     return Settings(
         bootstrap_servers=bootstrap,
@@ -322,7 +336,8 @@ def load(env: Mapping[str, str]) -> Settings:
         batch_max_bytes=batch_max_bytes,
         batch_linger_ms=_int(env, "GR_BATCH_LINGER_MS", 500, 0, 600_000),
         event_max_bytes=event_max,
-        strict_event_types=_bool(env, "GR_STRICT_EVENT_TYPES", False),
+        strict_event_types=strict_types,
+        strict_rules=_strict_rules(env, strict_types),
         rate_limit_per_minute=(
             _int(env, "GR_RATE_LIMIT_PER_MINUTE", 0, 1, 10_000_000) if rate else None
         ),

@@ -230,7 +230,12 @@ def player_id_key(event: Mapping[str, Any]) -> str | None:
 
 
 # Environment variables a Kafka-only tool reads; the rest (the API key above all) it does not need.
-_TOOL_VARS: Final = ("GR_EVENT_MAX_BYTES", "GR_BATCH_MAX_BYTES", "GR_STRICT_EVENT_TYPES")
+_TOOL_VARS: Final = (
+    "GR_EVENT_MAX_BYTES",
+    "GR_BATCH_MAX_BYTES",
+    "GR_STRICT_EVENT_TYPES",
+    "GR_STRICT_RULES",
+)
 
 
 def kafka_settings(env: Mapping[str, str]) -> config.Settings:
@@ -238,7 +243,7 @@ def kafka_settings(env: Mapping[str, str]) -> config.Settings:
 
     Reads the `KAFKA_*` variables (with the same pass-through and the same
     errors as the service) and the event limits (`GR_EVENT_MAX_BYTES`,
-    `GR_BATCH_MAX_BYTES`, `GR_STRICT_EVENT_TYPES`); no API key is needed and
+    `GR_BATCH_MAX_BYTES`, `GR_STRICT_EVENT_TYPES`, `GR_STRICT_RULES`); no API key is needed and
     the other `GR_*` variables are not looked at.
     """
     scoped = {k: v for k, v in env.items() if k.startswith("KAFKA_") or k in _TOOL_VARS}
@@ -296,13 +301,16 @@ class GameRebellionKafka:
         on_delivery: Callable[[DeliveryReport], None] | None = None,
         max_event_bytes: int = DEFAULT_MAX_BYTES,
         strict_types: bool = False,
+        strict_rules: Iterable[str] = (),
         queue_full_timeout_s: float = 30.0,
     ) -> None:
         """`config` is passed to librdkafka (`security.protocol`, `linger.ms`, ...);
         `enable.idempotence` and `acks` are always `true` and `all`.
 
-        `max_event_bytes` and `strict_types` should match the consumer's
-        `GR_EVENT_MAX_BYTES` and `GR_STRICT_EVENT_TYPES` (`from_env` does that).
+        `max_event_bytes`, `strict_types` and `strict_rules` should match the
+        consumer's `GR_EVENT_MAX_BYTES`, `GR_STRICT_EVENT_TYPES` and
+        `GR_STRICT_RULES` (`from_env` does that): a producer then refuses exactly
+        what the consumer would dead-letter, and nothing it would deliver.
         When librdkafka's queue is full a call waits up to `queue_full_timeout_s`
         for room, then raises `DeliveryError`.
         """
@@ -317,7 +325,9 @@ class GameRebellionKafka:
         self._topic = topic
         self._key = key
         self._on_delivery = on_delivery
-        self._decoder = EventDecoder(max_bytes=max_event_bytes, strict_types=strict_types)
+        self._decoder = EventDecoder(
+            max_bytes=max_event_bytes, strict_types=strict_types, strict_rules=strict_rules
+        )
         self._queue_full_timeout = queue_full_timeout_s
         self._lock = threading.Lock()
         self._cond = threading.Condition()  # shared by this client's futures
@@ -351,7 +361,7 @@ class GameRebellionKafka:
         conf = producer_config(settings, **{"client.id": f"gr-producer-{os.getpid()}"})
         bootstrap = conf.pop("bootstrap.servers")
         kwargs.setdefault("max_event_bytes", settings.event_max_bytes)
-        kwargs.setdefault("strict_types", settings.strict_event_types)
+        kwargs.setdefault("strict_rules", settings.strict_rules)
         return cls(bootstrap, topic or first_plain_topic(settings), config=conf, **kwargs)
 
     @property

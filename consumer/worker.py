@@ -143,7 +143,7 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self._decoder = EventDecoder(
-            max_bytes=settings.event_max_bytes, strict_types=settings.strict_event_types
+            max_bytes=settings.event_max_bytes, strict_rules=settings.strict_rules
         )
         self._pacer = Pacer(cap_per_minute=settings.rate_limit_per_minute)
         self._client = S2SClient(
