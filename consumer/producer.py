@@ -51,6 +51,7 @@ Errors::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -257,6 +258,23 @@ def first_plain_topic(settings: config.Settings) -> str:
         if not topic.startswith("^"):
             return topic
     raise ConfigError("KAFKA_TOPICS", "names no plain topic to produce to (only ^regexes)")
+
+
+def _non_finite_at(obj: object, path: str) -> str | None:
+    """The path of the first NaN or infinite float in `obj`, if any."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else path
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            found = _non_finite_at(value, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            found = _non_finite_at(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _without_none(fields: object) -> object:
@@ -558,6 +576,11 @@ class GameRebellionKafka:
             value = orjson.dumps(event)
         except orjson.JSONEncodeError as exc:
             raise InvalidEventError(event.get("event_type"), "not_serializable", str(exc)) from None
+        where = _non_finite_at(event, "$")
+        if where is not None:
+            # orjson would write null; the vendor's client (json, allow_nan=False) refuses.
+            detail = f"NaN and Infinity are not JSON - at `{where}`"
+            raise InvalidEventError(event.get("event_type"), "not_serializable", detail)
         verdict = self._decoder.decode(value)
         if isinstance(verdict, Poison):
             raise InvalidEventError(event.get("event_type"), verdict.reason, verdict.detail)
