@@ -40,7 +40,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class Scale:
-    """Sizes of every scenario; `full` is the issue's, `small` a smoke run."""
+    """Sizes of every scenario; `full` is the documented one, `small` a smoke run."""
 
     name: str
     throughput_events: int

@@ -1,4 +1,4 @@
-"""`gr-consumer run`: the service, configured by the environment (CONTRACT section 7)."""
+"""`gr-consumer run`: the service, configured by the environment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CONTRACT section 4, row by row, against the real broker and the simulator.
+"""docs/contract.md section 4, row by row, against the real broker and the simulator.
 
 Each test checks the three things that matter: what arrived at the API, what
 is in the DLQ (with its headers), and the committed offsets.

@@ -26,8 +26,8 @@ from consumer.events import (
     cap_detail,
 )
 
-# The contract's example (section 3), byte for byte.
-CONTRACT_EXAMPLE = b"""{"event_type": "transaction",
+# The envelope example of docs/contract.md (section 3), byte for byte.
+DOC_EXAMPLE = b"""{"event_type": "transaction",
  "identifiers": {"player_id": "player-12345", "device_id": "device-uuid"},
  "utm": {"source": "facebook", "medium": "cpc", "campaign": "summer_2026"},
  "payload": {"amount": 4.99, "currency": "USD", "type": "iap",
@@ -149,8 +149,8 @@ def test_settings_are_readable() -> None:
 
 
 def test_contract_example_is_a_batched_transaction() -> None:
-    assert_valid(DECODER.decode(CONTRACT_EXAMPLE), CONTRACT_EXAMPLE, "transaction", Route.BATCH)
-    assert_valid(STRICT.decode(CONTRACT_EXAMPLE), CONTRACT_EXAMPLE, "transaction", Route.BATCH)
+    assert_valid(DECODER.decode(DOC_EXAMPLE), DOC_EXAMPLE, "transaction", Route.BATCH)
+    assert_valid(STRICT.decode(DOC_EXAMPLE), DOC_EXAMPLE, "transaction", Route.BATCH)
 
 
 @pytest.mark.parametrize("event_type", sorted(EXAMPLE_PAYLOADS))
@@ -508,7 +508,7 @@ def test_one_mebibyte_value() -> None:
 INVALID_JSON = [
     b"\xff",
     b"\xfe\xff",
-    b"\xef\xbb\xbf" + CONTRACT_EXAMPLE,  # a UTF-8 byte-order mark is not JSON
+    b"\xef\xbb\xbf" + DOC_EXAMPLE,  # a UTF-8 byte-order mark is not JSON
     b"{",
     b"}",
     b'{"event_type":"click"',
@@ -570,8 +570,8 @@ def test_invalid_utf8_anywhere(bad: bytes, where: str) -> None:
 
 
 def test_every_truncation_of_the_contract_example_is_invalid_json() -> None:
-    for end in range(1, len(CONTRACT_EXAMPLE)):
-        result = DECODER.decode(CONTRACT_EXAMPLE[:end])
+    for end in range(1, len(DOC_EXAMPLE)):
+        result = DECODER.decode(DOC_EXAMPLE[:end])
         assert isinstance(result, Poison), end
         assert result.reason == "invalid_json", (end, result)
 
@@ -722,7 +722,7 @@ def test_envelope_decoder_failures_become_poison(
     monkeypatch: pytest.MonkeyPatch, exc: Exception, reason: str
 ) -> None:
     monkeypatch.setattr(events, "_ENVELOPE_DECODER", _Exploding(exc))
-    assert_poison(DECODER.decode(CONTRACT_EXAMPLE), reason)
+    assert_poison(DECODER.decode(DOC_EXAMPLE), reason)
 
 
 @pytest.mark.parametrize("exc", [KeyError("boom"), RuntimeError("x" * 10_000), RecursionError()])
@@ -734,7 +734,7 @@ def test_payload_decoder_failures_become_poison(
     monkeypatch.setattr(events, "_PAYLOAD_CHECKS", checks)
     monkeypatch.setattr(events, "_ANY_PAYLOAD_DECODER", _Exploding(exc))
     decoder = EventDecoder()  # takes its checks when built
-    assert isinstance(decoder.decode(CONTRACT_EXAMPLE), Poison)
+    assert isinstance(decoder.decode(DOC_EXAMPLE), Poison)
     assert isinstance(decoder.decode(event("level_up", {})), Poison)
 
 
@@ -856,9 +856,7 @@ def test_arbitrary_envelopes_obey_the_rules(doc: dict[str, Any], strict: bool) -
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.binary(min_size=1, max_size=40), st.integers(min_value=0, max_value=len(CONTRACT_EXAMPLE))
-)
+@given(st.binary(min_size=1, max_size=40), st.integers(min_value=0, max_value=len(DOC_EXAMPLE)))
 def test_spliced_garbage_never_raises(garbage: bytes, at: int) -> None:
-    value = CONTRACT_EXAMPLE[:at] + garbage + CONTRACT_EXAMPLE[at:]
+    value = DOC_EXAMPLE[:at] + garbage + DOC_EXAMPLE[at:]
     _check_invariants(value, DECODER)
