@@ -576,9 +576,7 @@ class EventDecoder:
         try:
             if check is None:
                 if self._strict_types:
-                    detail = (
-                        f"unknown event_type {_excerpt(event_type)} (strict rule unknown_types)"
-                    )
+                    detail = f"strict rule unknown_types: unknown event_type {_excerpt(event_type)}"
                     return Poison("schema_violation", detail + " - at `$.event_type`")
                 _ANY_PAYLOAD_DECODER.decode(envelope.payload)
                 return Valid(event_type, Route.BATCH, value)

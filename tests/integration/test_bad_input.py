@@ -98,6 +98,7 @@ BAD_VALUES = [
     ("GR_LOG_LEVEL", "LOUD"),
     ("GR_LOG_FORMAT", "xml"),
     ("GR_STRICT_EVENT_TYPES", "perhaps"),
+    ("GR_STRICT_RULES", "currency"),
     ("GR_MAX_IN_FLIGHT", "0"),
     ("GR_HTTP_TIMEOUT_S", "nan"),
 ]

@@ -69,3 +69,43 @@ def test_documented_bodies_arrive_unchanged_and_none_is_dead_lettered(
     assert [r.value for r in dlq] == [POISON]  # the real poison, and nothing documented
     assert dlq[0].headers["gr.dlq.reason"] == b"schema_violation"
     assert rw.worker.stats["delivered"] == len(examples)
+
+
+def test_strict_rules_are_opt_in_and_name_themselves_in_the_dlq(
+    bootstrap: str,
+    make_topic: TopicFactory,
+    simulator: Simulator,
+    make_settings: SettingsFactory,
+    start_worker: Callable[..., RunningWorker],
+) -> None:
+    """With every strict rule on, the documented bodies those rules refuse go to the DLQ,
+    each naming its rule; the rest are still delivered."""
+    examples = vendor_examples()
+    topic = make_topic(partitions=1)
+    create_topic(bootstrap, f"{topic}.dlq", 1)
+    produce(bootstrap, topic, [e.body for e in examples], partition=0)
+    settings = make_settings(topic, GR_STRICT_RULES="all")
+    rw = start_worker(settings)
+    wait_for(
+        lambda: committed(bootstrap, settings.group_id, topic, 1) == [len(examples)],
+        60,
+        "every record committed",
+    )
+    assert rw.stop() == 0
+    dlq = {r.value: r.headers for r in read_all(bootstrap, f"{topic}.dlq", expect=5)}
+    fired = {
+        e.name: dlq[e.body]["gr.dlq.detail"].decode().split("strict rule ")[1].split(":")[0]
+        for e in examples
+        if e.body in dlq
+    }
+    assert fired == {
+        "curl-feature-use": "feature_name",
+        "session-start": "session_id",
+        "session-stop": "session_id",
+        "session-end": "session_id",
+        "unknown-event-type": "unknown_types",
+    }
+    assert all(h["gr.dlq.reason"] == b"schema_violation" for h in dlq.values())
+    delivered = [r.body for r in simulator.records()]
+    assert len(delivered) >= 1
+    assert rw.worker.stats["delivered"] == len(examples) - len(fired)

@@ -18,6 +18,7 @@ from consumer.config import (
     load,
 )
 from consumer.errors import ConfigError, GrError
+from consumer.events import STRICT_RULES
 
 API_KEY = "gr-live-Zq8xK3vN7pT2"
 SASL_PASSWORD = "sasl-pw-Hj4mW9rQ1"
@@ -533,6 +534,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("GR_SHUTDOWN_TIMEOUT_S", "NaN"),
     ("GR_SHUTDOWN_TIMEOUT_S", "soon"),
     ("GR_STRICT_EVENT_TYPES", "maybe"),
+    ("GR_STRICT_RULES", "session_ids"),
+    ("GR_STRICT_RULES", "currency_format,strict"),
     ("GR_LOG_LEVEL", "verbose"),
     ("GR_LOG_LEVEL", "warn"),
     ("GR_LOG_FORMAT", "xml"),
@@ -620,6 +623,7 @@ _NUMERIC_VARIABLES = [
     "GR_RETRY_MAX_S",
     "GR_SHUTDOWN_TIMEOUT_S",
     "GR_STRICT_EVENT_TYPES",
+    "GR_STRICT_RULES",
     "GR_LOG_LEVEL",
     "GR_LOG_FORMAT",
     "KAFKA_TOPICS",
@@ -658,3 +662,28 @@ def test_property_api_key_never_appears_in_an_error(key: str) -> None:
     assert info.value.variable in ("GR_API_KEY", "GR_HTTP_PORT")
     assert secret not in str(info.value)
     assert secret.strip() not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "strict_types", "expected"),
+    [
+        ("", "", ()),
+        ("  ", "false", ()),
+        ("session_id", "", ("session_id",)),
+        ("currency_format, transaction_fields", "", ("currency_format", "transaction_fields")),
+        ("feature_name", "true", ("feature_name", "unknown_types")),
+        ("", "true", ("unknown_types",)),
+        ("all", "", tuple(sorted(STRICT_RULES))),
+    ],
+)
+def test_strict_rules(raw: str, strict_types: str, expected: tuple[str, ...]) -> None:
+    settings = load(env(GR_STRICT_RULES=raw, GR_STRICT_EVENT_TYPES=strict_types))
+    assert settings.strict_rules == expected
+
+
+def test_an_unknown_strict_rule_names_the_variable_and_the_rules() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env(GR_STRICT_RULES="currency_format,currency"))
+    assert info.value.variable == "GR_STRICT_RULES"
+    assert "'currency'" in str(info.value)
+    assert "session_id" in str(info.value)  # the known rules are listed
