@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from consumer import redaction
 from consumer.errors import ConfigError
 from consumer.events import parse_strict_rules
 
@@ -42,6 +43,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        redaction.remember(value)  # from now on, scrubbed from every log line and answer
 
     def reveal(self) -> str:
         return self._value

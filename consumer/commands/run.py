@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from consumer import config
+from consumer import config, redaction
 from consumer.errors import ConfigError
 from consumer.kafka_config import validate_librdkafka
 
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         settings = config.load(os.environ)
         validate_librdkafka(settings)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {redaction.scrub(str(exc))}", file=sys.stderr)
         return 2
     return serve(settings)
 
