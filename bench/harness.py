@@ -377,6 +377,7 @@ def worker_env(
         "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
         "GR_API_KEY": API_KEY,
         "GR_BASE_URL": base_url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
         "GR_HTTP_PORT": "0",
     }
     env.update(extra)

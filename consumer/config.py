@@ -112,6 +112,8 @@ class Settings:
     dlq_topic: str = "game-events.dlq"
     kafka_extra: Mapping[str, str | Secret] = field(default_factory=dict)
     base_url: str = DEFAULT_BASE_URL
+    api_ca_file: Path | None = None
+    allow_insecure_http: bool = False
     batch_max_events: int = API_MAX_EVENTS
     batch_max_bytes: int = 1_048_576
     batch_linger_ms: int = 500
@@ -156,6 +158,8 @@ class Settings:
                 value = {k: ("***" if isinstance(v, Secret) else v) for k, v in value.items()}
             elif isinstance(value, tuple):
                 value = list(value)
+            elif isinstance(value, Path):
+                value = str(value)
             out[f.name] = value
         return out
 
@@ -282,7 +286,13 @@ def _base_url(env: Mapping[str, str]) -> str:
         # checked first: the value may hold a password, so it is never echoed
         raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("GR_BASE_URL", f"must be an http(s) URL (got {raw!r})")
+        raise ConfigError("GR_BASE_URL", f"must be an https URL (got {raw!r})")
+    if parts.scheme == "http" and not _bool(env, "GR_ALLOW_INSECURE_HTTP", False):
+        raise ConfigError(
+            "GR_BASE_URL",
+            f"must be https: over http the API key travels in clear text (got {raw!r}; "
+            "GR_ALLOW_INSECURE_HTTP=true allows http, for a local test server only)",
+        )
     try:
         port = parts.port
     except ValueError:
@@ -292,6 +302,21 @@ def _base_url(env: Mapping[str, str]) -> str:
     if parts.query or parts.fragment:
         raise ConfigError("GR_BASE_URL", "must not have a query or fragment")
     return raw.rstrip("/")
+
+
+def _ca_file(env: Mapping[str, str]) -> Path | None:
+    """GR_API_CA_FILE: a PEM bundle the API's certificate is verified against."""
+    raw = env.get("GR_API_CA_FILE", "").strip()
+    if not raw:
+        return None
+    path = Path(raw)
+    try:
+        head = path.read_bytes()[:65536]
+    except OSError as exc:
+        raise ConfigError("GR_API_CA_FILE", f"cannot read {raw}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ConfigError("GR_API_CA_FILE", f"{raw} holds no PEM certificate")
+    return path
 
 
 def load(env: Mapping[str, str]) -> Settings:
@@ -334,6 +359,8 @@ def load(env: Mapping[str, str]) -> Settings:
         dlq_topic=dlq,
         kafka_extra=_kafka_extra(env),
         base_url=_base_url(env),
+        api_ca_file=_ca_file(env),
+        allow_insecure_http=_bool(env, "GR_ALLOW_INSECURE_HTTP", False),
         batch_max_events=_int(env, "GR_BATCH_MAX_EVENTS", API_MAX_EVENTS, 1, API_MAX_EVENTS),
         batch_max_bytes=batch_max_bytes,
         batch_linger_ms=_int(env, "GR_BATCH_LINGER_MS", 500, 0, 600_000),

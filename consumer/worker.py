@@ -150,6 +150,7 @@ class Worker:
             settings.base_url,
             settings.api_key,
             timeout_s=settings.http_timeout_s,
+            ca_file=str(settings.api_ca_file) if settings.api_ca_file else None,
         )
         self._deliverer = Deliverer(
             self._client,

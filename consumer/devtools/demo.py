@@ -146,6 +146,7 @@ def _consume(
         "KAFKA_DLQ_TOPIC": dlq,
         "GR_API_KEY": "demo-key",
         "GR_BASE_URL": sim.url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
         "GR_BATCH_LINGER_MS": "200",
         "GR_RETRY_INITIAL_S": "0.05",
         "GR_RETRY_MAX_S": "1",

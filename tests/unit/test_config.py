@@ -112,6 +112,7 @@ def test_every_setting_read_from_the_environment() -> None:
             KAFKA_GROUP_ID="team-a",
             KAFKA_DLQ_TOPIC="dead.letters",
             GR_BASE_URL="http://localhost:8081/",
+            GR_ALLOW_INSECURE_HTTP="true",
             GR_BATCH_MAX_EVENTS="50",
             GR_BATCH_MAX_BYTES="2048",
             GR_EVENT_MAX_BYTES="2000",
@@ -580,7 +581,6 @@ def test_wrong_value_names_its_variable_and_hides_secrets(variable: str, value: 
         ("GR_SHUTDOWN_TIMEOUT_S", "3600"),
         ("GR_LOG_LEVEL", "warning"),
         ("GR_BASE_URL", "https://sdk-api.gamerebellion.com/"),
-        ("GR_BASE_URL", "http://127.0.0.1:9999"),
     ],
 )
 def test_boundary_values_are_accepted(variable: str, value: str) -> None:
@@ -687,3 +687,28 @@ def test_an_unknown_strict_rule_names_the_variable_and_the_rules() -> None:
     assert info.value.variable == "GR_STRICT_RULES"
     assert "'currency'" in str(info.value)
     assert "session_id" in str(info.value)  # the known rules are listed
+
+
+@pytest.mark.parametrize(
+    "url", ["http://sdk-api.gamerebellion.com", "http://127.0.0.1:9999", "HTTP://x"]
+)
+def test_http_is_refused_unless_explicitly_allowed(url: str) -> None:
+    error = assert_refused(env(GR_BASE_URL=url), "GR_BASE_URL")
+    assert "https" in str(error)
+    assert "GR_ALLOW_INSECURE_HTTP" in str(error)
+    assert_refused(env(GR_BASE_URL=url, GR_ALLOW_INSECURE_HTTP="false"), "GR_BASE_URL")
+    s = load(env(GR_BASE_URL=url, GR_ALLOW_INSECURE_HTTP="true"))
+    assert s.allow_insecure_http is True
+    assert s.base_url.lower().startswith("http://")
+
+
+def test_api_ca_file(tmp_path: Path) -> None:
+    assert load(env()).api_ca_file is None
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert load(env(GR_API_CA_FILE=str(pem))).api_ca_file == pem
+    assert load(env(GR_API_CA_FILE=str(pem))).redacted()["api_ca_file"] == str(pem)
+    assert_refused(env(GR_API_CA_FILE=str(tmp_path / "missing.pem")), "GR_API_CA_FILE")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    assert_refused(env(GR_API_CA_FILE=str(junk)), "GR_API_CA_FILE")
