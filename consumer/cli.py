@@ -15,14 +15,14 @@ from collections.abc import Sequence
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("consumer.commands.run", "run the service (configured by the environment)"),
-    "demo": ("consumer.devtools.demo", "the whole flow on this machine, no set-up"),
+    "demo": ("gr_devtools.demo", "the whole flow on this machine, no set-up"),
     "check-config": (
         "consumer.commands.check_config",
         "validate the configuration and print it, secrets redacted",
     ),
     "publish": ("consumer.commands.publish", "validate JSON-lines events and produce them"),
     "dlq": ("consumer.commands.dlq", "inspect and replay the dead-letter topic"),
-    "simulate-api": ("consumer.devtools.simulator", "run the S2S API simulator as a server"),
+    "simulate-api": ("gr_devtools.simulator", "run the S2S API simulator as a server"),
 }
 
 

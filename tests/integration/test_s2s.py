@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from consumer.config import ApiKeySource, Secret
-from consumer.devtools.simulator import Simulator
 from consumer.events import Route
 from consumer.s2s import Response, S2SClient, S2SMulti, TransportError
+from gr_devtools.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import orjson
 import pytest
 import urllib3
 
-from consumer.devtools.simulator import Simulator
+from gr_devtools.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 
