@@ -15,16 +15,16 @@ STAMP   = $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): requirements-dev.lock pyproject.toml
+$(STAMP): requirements-dev.lock pyproject.toml devtools/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.lock
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --no-deps -e . -e ./devtools
 	@touch $@
 
 kafka-jars: setup
-	$(BIN)/python -m consumer.devtools.kafka_local fetch
+	$(BIN)/python -m gr_devtools.kafka_local fetch
 
 lint: setup
 	$(BIN)/ruff check .

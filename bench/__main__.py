@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="gr-bench-"))
     print(f"gr-s2s-consumer benchmarks, scale {scale.name}, scratch {workdir}", flush=True)
     failed = 0
-    from consumer.devtools.kafka_local import open_cluster
+    from gr_devtools.kafka_local import open_cluster
 
     with open_cluster() as cluster:
         print(f"Kafka: {cluster.kind} at {cluster.bootstrap}", flush=True)

@@ -26,9 +26,9 @@ import urllib3
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from consumer.devtools import samples
-from consumer.devtools.kafka_local import create_topic
 from consumer.kafka_config import committed_with_retry
+from gr_devtools import samples
+from gr_devtools.kafka_local import create_topic
 
 API_KEY = "bench-key-7d1e"
 REPO = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def _git_commit() -> str | None:
 def machine() -> dict[str, Any]:
     import confluent_kafka
 
-    from consumer.devtools.kafka_local import KAFKA_VERSION
+    from gr_devtools.kafka_local import KAFKA_VERSION
 
     mem_kib = 0
     with contextlib.suppress(OSError, ValueError):

@@ -33,7 +33,7 @@ from bench.harness import (
     sample_values,
     worker_env,
 )
-from consumer.devtools.kafka_local import open_cluster
+from gr_devtools.kafka_local import open_cluster
 
 PARTITIONS = 12
 

@@ -295,7 +295,7 @@ def plain(args: argparse.Namespace) -> int:
 
 def loadgen(args: argparse.Namespace) -> int:
     """Post full 100-event batches over keep-alive connections as fast as it can."""
-    from consumer.devtools import samples
+    from gr_devtools import samples
 
     values = [s.value for s in samples.generate(100, poison_share=0.0, seed=5) if s.value]
     body = b'{"events":[' + b",".join(values) + b"]}"

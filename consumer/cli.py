@@ -9,21 +9,35 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-# command name -> (module, one-line help)
+# command name -> (module, one-line help): the production commands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("consumer.commands.run", "run the service (configured by the environment)"),
-    "demo": ("consumer.devtools.demo", "the whole flow on this machine, no set-up"),
     "check-config": (
         "consumer.commands.check_config",
         "validate the configuration and print it, secrets redacted",
     ),
     "publish": ("consumer.commands.publish", "validate JSON-lines events and produce them"),
     "dlq": ("consumer.commands.dlq", "inspect and replay the dead-letter topic"),
-    "simulate-api": ("consumer.devtools.simulator", "run the S2S API simulator as a server"),
 }
+
+# Other distributions add commands through this entry-point group: each entry
+# names a (module, one-line help) pair, so listing them imports nothing heavy.
+# The development tools (gr-s2s-consumer-dev) add `demo` and `simulate-api`;
+# a production install has none.
+ENTRY_POINT_GROUP = "gr_consumer.commands"
+
+
+def _commands() -> dict[str, tuple[str, str]]:
+    found = dict(COMMANDS)
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name not in found:  # a plug-in never shadows a production command
+            module_name, help_text = entry.load()
+            found[entry.name] = (str(module_name), str(help_text))
+    return found
 
 
 def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -34,7 +48,7 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the chosen command's module is imported: its arguments are added then.
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (module_name, help_text) in _commands().items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
             module = importlib.import_module(module_name)

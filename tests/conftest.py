@@ -1,6 +1,6 @@
 """Shared fixtures: one real Kafka cluster per test session, unique topics per test.
 
-The cluster comes from `consumer.devtools.kafka_local.open_cluster`: the one
+The cluster comes from `gr_devtools.kafka_local.open_cluster`: the one
 named by `KAFKA_BOOTSTRAP_SERVERS`, else testcontainers when Docker runs, else
 a local Apache Kafka process. It starts only when a test asks for it, so the
 unit tests never wait for a broker.
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from consumer.devtools.kafka_local import Cluster, LocalKafka, create_topic, open_cluster
+from gr_devtools.kafka_local import Cluster, LocalKafka, create_topic, open_cluster
 from tests.support.procs import kill_leftovers
 
 

@@ -19,9 +19,12 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
+
+from tests.support.cli_help import help_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -43,9 +46,10 @@ def _pip(python: Path, *args: str, cwd: Path | None = None) -> None:
 
 
 class Installed:
-    def __init__(self, venv_dir: Path, home: Path) -> None:
+    def __init__(self, venv_dir: Path, home: Path, wheels: Path) -> None:
         self.bin = venv_dir / "bin"
         self.home = home
+        self.wheels = wheels
 
     def run(
         self, *args: str, env: dict[str, str] | None = None
@@ -102,16 +106,26 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     )
     home = tmp / "home"
     home.mkdir()
-    return Installed(venv_dir, home)
+    return Installed(venv_dir, home, wheels)
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(900)  # the first one builds the venv
-def test_gr_consumer_help(installed: Installed) -> None:
+def test_gr_consumer_help_lists_the_production_commands_only(installed: Installed) -> None:
     proc = installed.run("gr-consumer", "--help")
     assert proc.returncode == 0, proc.stderr
-    for command in ("run", "check-config", "publish", "dlq", "demo", "simulate-api"):
-        assert command in proc.stdout
+    assert help_commands(proc.stdout) == ["run", "check-config", "publish", "dlq"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)  # the first one builds the venv
+def test_the_wheel_holds_no_development_tools(installed: Installed) -> None:
+    (wheel,) = installed.wheels.glob("project/gr_s2s_consumer-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert [n for n in names if n.startswith("consumer/")], names
+    assert not [n for n in names if "devtools" in n or n.endswith(("pom.xml", "simulator.py"))]
+    proc = installed.run("python", "-c", "import gr_devtools")
+    assert proc.returncode != 0, "the development tools must not be importable in production"
 
 
 @pytest.mark.integration

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consumer.devtools.kafka_local import LocalKafka
+from gr_devtools.kafka_local import LocalKafka
 
 SASL_USER, SASL_PASSWORD = "alice", "sasl-pw-9f27c1e0b"
 

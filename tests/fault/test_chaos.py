@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devtools import samples
-from consumer.devtools.kafka_local import LocalKafka, create_topic
-from consumer.devtools.simulator import Simulator
+from gr_devtools import samples
+from gr_devtools.kafka_local import LocalKafka, create_topic
+from gr_devtools.simulator import Simulator
 from tests.fault.conftest import FULL
 from tests.support.kafka_io import committed, end_offsets, produce, read_all
 from tests.support.procs import WorkerProc, spawn_worker

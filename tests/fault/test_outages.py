@@ -14,10 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from consumer import config
-from consumer.devtools import samples
-from consumer.devtools.kafka_local import LocalKafka, create_topic
-from consumer.devtools.simulator import Simulator
 from consumer.worker import Worker
+from gr_devtools import samples
+from gr_devtools.kafka_local import LocalKafka, create_topic
+from gr_devtools.simulator import Simulator
 from tests.support.kafka_io import committed, produce, read_all
 from tests.support.procs import group_members, wait_until
 

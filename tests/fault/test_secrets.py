@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from consumer.devtools import samples
-from consumer.devtools.kafka_local import LocalKafka, create_topic, free_port
-from consumer.devtools.simulator import Simulator
+from gr_devtools import samples
+from gr_devtools.kafka_local import LocalKafka, create_topic, free_port
+from gr_devtools.simulator import Simulator
 from tests.fault.conftest import SASL_PASSWORD, SASL_USER
 from tests.support.kafka_io import produce, read_all
 from tests.support.procs import spawn_worker, wait_until

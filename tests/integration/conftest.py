@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from consumer import config
-from consumer.devtools.simulator import Simulator
 from consumer.observe import Health, Metrics
 from consumer.worker import Worker
+from gr_devtools.simulator import Simulator
 
 API_KEY = "test-key-5f3a9c"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.devtools import samples
-from consumer.devtools.kafka_local import create_topic
-from consumer.devtools.simulator import Simulator
+from gr_devtools import samples
+from gr_devtools.kafka_local import create_topic
+from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
 from tests.integration.conftest import API_KEY
 from tests.support.kafka_io import committed, end_offsets, produce, read_all

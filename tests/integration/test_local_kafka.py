@@ -7,7 +7,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumer.devtools.kafka_local import LocalKafka, committed_with_retry
+from gr_devtools.kafka_local import LocalKafka, committed_with_retry
 from tests.conftest import TopicFactory
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import orjson
 import pytest
 import urllib3
 
-from consumer.devtools.kafka_local import create_topic, free_port
-from consumer.devtools.simulator import Simulator
+from gr_devtools.kafka_local import create_topic, free_port
+from gr_devtools.simulator import Simulator
 from tests.integration.conftest import API_KEY
 from tests.support.events import encode, seq_of, transaction
 from tests.support.kafka_io import committed, produce

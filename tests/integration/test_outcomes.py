@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumer.devtools.kafka_local import create_topic
-from consumer.devtools.simulator import Simulator
+from gr_devtools.kafka_local import create_topic
+from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
 from tests.integration.conftest import RunningWorker, SettingsFactory, wait_for
 from tests.support.events import encode, seq_of, transaction

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.devtools.simulator import Simulator
+from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
 from tests.integration.conftest import RunningWorker, SettingsFactory, wait_for
 from tests.support.events import encode, seq_of, transaction

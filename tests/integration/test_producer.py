@@ -8,9 +8,9 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from consumer.devtools.simulator import Simulator
 from consumer.events import EventDecoder, Route, Valid
 from consumer.producer import DeliveryError, DeliveryFuture, DeliveryReport, GameRebellionKafka
+from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
 from tests.integration.conftest import RunningWorker, SettingsFactory, wait_for
 from tests.support.kafka_io import read_all

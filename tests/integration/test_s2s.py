@@ -16,9 +16,9 @@ import pytest
 
 from consumer import config
 from consumer.config import ApiKeySource, Secret
-from consumer.devtools.simulator import Simulator
 from consumer.events import Route
 from consumer.s2s import Response, S2SClient, S2SMulti, TransportError
+from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
 from tests.integration.conftest import RunningWorker, wait_for
 from tests.support.events import encode, seq_of, transaction

@@ -23,9 +23,9 @@ import orjson
 import pytest
 import urllib3
 
-from consumer.devtools.samples import vendor_examples
-from consumer.devtools.simulator import Simulator
 from consumer.events import ROUTES, Route
+from gr_devtools.samples import vendor_examples
+from gr_devtools.simulator import Simulator
 
 pytestmark = pytest.mark.integration
 

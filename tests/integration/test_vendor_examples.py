@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
-from consumer.devtools.kafka_local import create_topic
-from consumer.devtools.samples import vendor_examples
-from consumer.devtools.simulator import Simulator
 from consumer.events import ROUTES, Route
+from gr_devtools.kafka_local import create_topic
+from gr_devtools.samples import vendor_examples
+from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
 from tests.integration.conftest import RunningWorker, SettingsFactory, wait_for
 from tests.support.kafka_io import committed, produce, read_all

@@ -10,7 +10,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumer.devtools.kafka_local import committed_with_retry
+from gr_devtools.kafka_local import committed_with_retry
 
 
 @dataclass(frozen=True)

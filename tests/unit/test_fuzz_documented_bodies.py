@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumer.batching import batch_body
-from consumer.devtools.samples import vendor_examples
 from consumer.events import DETAIL_MAX_BYTES, EventDecoder, Poison, Valid
+from gr_devtools.samples import vendor_examples
 
 DECODER = EventDecoder()
 EXAMPLES = [e.body for e in vendor_examples()]

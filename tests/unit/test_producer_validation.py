@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from consumer.devtools.samples import vendor_examples
 from consumer.errors import ConfigError, GrError
 from consumer.producer import (
     DeliveryError,
@@ -22,6 +21,7 @@ from consumer.producer import (
     InvalidEventError,
     player_id_key,
 )
+from gr_devtools.samples import vendor_examples
 
 NO_BROKER = "127.0.0.1:1"
 QUIET = {"logger": logging.getLogger("test.librdkafka"), "reconnect.backoff.max.ms": 1000}

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from consumer import schema_export
-from consumer.devtools.samples import vendor_examples
 from consumer.events import KNOWN_EVENT_TYPES, ROUTES, EventDecoder, Valid
 from consumer.schema_export import (
     EVENT_SCHEMA_FILE,
@@ -23,6 +22,7 @@ from consumer.schema_export import (
     render_all,
     write_all,
 )
+from gr_devtools.samples import vendor_examples
 
 # What each known type's payload must list as required: the decoder's default rule
 # (the vendor client's signatures), nothing more.

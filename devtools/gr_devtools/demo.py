@@ -21,9 +21,9 @@ from collections import Counter
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer import config
-from consumer.devtools import samples
-from consumer.devtools.kafka_local import create_topic, open_cluster
-from consumer.devtools.simulator import Simulator
+from gr_devtools import samples
+from gr_devtools.kafka_local import create_topic, open_cluster
+from gr_devtools.simulator import Simulator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -33,7 +33,7 @@ __all__ = ["Cluster", "LocalKafka", "committed_with_retry", "create_topic", "ope
 KAFKA_VERSION = "4.1.1"
 # Protects only a throwaway test keystore in the broker's temporary data directory.
 _TLS_STORE_PASSWORD = "local-test-keystore"  # noqa: S105
-_HERE = resources.files("consumer.devtools") / "kafka"
+_HERE = resources.files("gr_devtools") / "kafka"
 
 
 class KafkaLaunchError(RuntimeError):
@@ -354,10 +354,10 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, **config: str) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m consumer.devtools.kafka_local fetch|serve`: jars only, or a broker until ^C."""
+    """`python -m gr_devtools.kafka_local fetch|serve`: jars only, or a broker until ^C."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m consumer.devtools.kafka_local")
+    parser = argparse.ArgumentParser(prog="python -m gr_devtools.kafka_local")
     parser.add_argument("action", choices=["fetch", "serve"])
     args = parser.parse_args(argv)
     started = time.monotonic()

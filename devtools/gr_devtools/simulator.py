@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from consumer.devtools.simulator_core import (
+from gr_devtools.simulator_core import (
     API_PATHS,
     API_PREFIX,
     DEFAULT_KEY,
