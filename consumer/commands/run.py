@@ -30,11 +30,18 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(settings: config.Settings) -> int:
     """Run a worker with its ops endpoints until SIGTERM/SIGINT; returns the exit code."""
+    from consumer.kafka_access import check_kafka_access
     from consumer.observe import Health, Metrics, OpsServer, setup_logging
     from consumer.worker import Worker
 
     secrets = [settings.api_key.read().reveal(), *settings.librdkafka_secrets().values()]
     setup_logging(settings.log_level, settings.log_format, secrets)
+    try:
+        check_kafka_access(settings)
+    except ConfigError as exc:
+        log.error("configuration error", extra={"variable": exc.variable, "problem": exc.problem})
+        print(f"configuration error: {redaction.scrub(str(exc))}", file=sys.stderr)
+        return 2
     metrics, health = Metrics(), Health()
     ops = OpsServer(settings.http_port, metrics, health)
     ops.start()
