@@ -1,7 +1,11 @@
 """The service's exception tree, one root so callers can tell ours from the rest.
 
 GrError
-└── ConfigError          bad configuration: names the variable; exit 2
+├── ConfigError          bad configuration: names the variable; exit 2
+├── TransportError       no HTTP answer (refused, reset, timeout, TLS); retried
+├── JobAbandonedError    the worker gave up a delivery job (revoked, stopping)
+├── DlqWriteError        the DLQ did not take a record (yet); retried, never fatal
+└── WorkerFailedError    the loop hit something it cannot go on from; exit 1
 """
 
 from __future__ import annotations
@@ -18,3 +22,23 @@ class ConfigError(GrError):
         super().__init__(f"{variable} {problem}")
         self.variable = variable
         self.problem = problem
+
+
+class TransportError(GrError):
+    """No HTTP answer: connection refused or reset, timeout, TLS failure."""
+
+
+class JobAbandonedError(GrError):
+    """The worker gave up on this job (revoked partition or shutdown): no result counts."""
+
+
+class DlqWriteError(GrError):
+    """The DLQ could not take a record (yet); `code` is librdkafka's error name."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"dlq write failed: {code}")
+        self.code = code
+
+
+class WorkerFailedError(GrError):
+    """The main loop cannot go on (a fatal Kafka error, a bug): the process exits 1."""
