@@ -9,7 +9,8 @@ result comes back through the done queue. Only the loop thread calls in here.
 from __future__ import annotations
 
 import queue
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from consumer.config import Settings
@@ -56,6 +57,34 @@ class _DeliveryObserver:
         self._h.key_ok()
 
 
+class _DaemonPool:
+    """A fixed set of daemon threads: at exit none is waited for (a request stuck
+    in its HTTP timeout must not stretch the stop past GR_SHUTDOWN_TIMEOUT_S)."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._tasks: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._tasks.put((fn, args))
+
+    def _serve(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            fn, args = task
+            fn(*args)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+
 class Dispatcher:
     """The multi handle, the retry pool, the done queue and the pacer's reservation."""
 
@@ -72,7 +101,7 @@ class Dispatcher:
             retry_max_s=settings.retry_max_s,
         )
         self._multi: S2SMulti[DeliveryJob[Any]] = S2SMulti(self._client, settings.max_in_flight)
-        self._pool = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="deliver")
+        self._pool = _DaemonPool(settings.max_in_flight, "deliver")
         self._done: queue.SimpleQueue[DeliveryResult[Any]] = queue.SimpleQueue()
 
     @property
@@ -113,6 +142,6 @@ class Dispatcher:
         self._done.put(self._deliverer.deliver(job, first))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
         self._multi.close()
         self._client.close()

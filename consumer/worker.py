@@ -59,6 +59,8 @@ _SWEEP_S = 1.0
 # Of the stop budget (GR_SHUTDOWN_TIMEOUT_S), what is kept for leaving the group
 # and flushing the DLQ after the drain.
 _CLOSE_SHARE, _CLOSE_MAX_S = 0.2, 5.0
+# ...and for the process to exit after the worker returns
+_EXIT_SHARE, _EXIT_MAX_S = 0.1, 1.0
 _COMMITTED_QUERY_S = 5.0
 
 ConsumerFactory = Callable[[dict[str, Any]], Any]
@@ -156,7 +158,8 @@ class Worker:
     def _deadline(self) -> float:
         """When the whole stop sequence must be over."""
         start = self._stop_at if self._stop_at is not None else time.monotonic()
-        return start + self.settings.shutdown_timeout_s
+        budget = self.settings.shutdown_timeout_s
+        return start + budget - min(_EXIT_MAX_S, _EXIT_SHARE * budget)
 
     @property
     def _close_reserve(self) -> float:

@@ -149,8 +149,8 @@ def test_the_whole_stop_fits_the_shutdown_timeout(
 ) -> None:
     """API down and the DLQ not acknowledging: the stop still ends within the setting."""
     topic = make_topic(partitions=4)
-    # min.insync.replicas above the replicas: an acks=all write is never acknowledged
-    create_topic(bootstrap, f"{topic}.dlq", 1, **{"min.insync.replicas": "2"})
+    # a DLQ topic that refuses every record: no DLQ write is ever acknowledged
+    create_topic(bootstrap, f"{topic}.dlq", 1, **{"max.message.bytes": "64"})
     items = list(samples.generate(4000, poison_share=0.02, seed=34))
     produce(bootstrap, topic, (s.value for s in items), partitions=4)
     timeout_s = 6
@@ -181,5 +181,4 @@ def test_the_whole_stop_fits_the_shutdown_timeout(
         f"\nstop with the API down and the DLQ stuck: {took:.1f}s for GR_SHUTDOWN_TIMEOUT_S={timeout_s}"
     )
     assert code == 0, worker.log()
-    # the interpreter's own exit is the slack
-    assert took <= timeout_s + 1.5, worker.log()[-3000:]
+    assert took <= timeout_s + 0.5, worker.log()[-3000:]  # the slack: signal delivery
