@@ -109,30 +109,26 @@ RECORD_OVERHEAD = 512  # record and batch framing, with room to spare
 SMALL_COPY_BYTES = 64 * 1024
 
 
-def truncated_copy(record: DlqRecord, limit: int) -> DlqRecord:
-    """The record cut to fit `limit` bytes: reason `too_large`, the original reason kept."""
+def truncate(record: DlqRecord, limit: int) -> DlqRecord:
+    """Cut the record, in place, to fit `limit` bytes: reason `too_large`, the original kept
+    in `gr.dlq.original.reason` and `gr.dlq.original.size`."""
     value = record.value or b""
-    reason = next((v.decode() for k, v in record.headers if k == "gr.dlq.reason"), "")
-    detail = next(
-        (v.decode("utf-8", "replace") for k, v in record.headers if k == "gr.dlq.detail"), ""
-    )
-    headers = [(k, v) for k, v in record.headers if k not in ("gr.dlq.reason", "gr.dlq.detail")]
-    headers += [
+    found = dict(record.headers)
+    reason = found.get("gr.dlq.original.reason", found.get("gr.dlq.reason", b"")).decode()
+    size = int(found.get("gr.dlq.original.size", str(len(value)).encode()))
+    detail = found.get("gr.dlq.detail", b"").decode("utf-8", "replace")
+    if "gr.dlq.original.size" not in found:
+        detail = f"{size} bytes, too large for the DLQ; value truncated ({reason}: {detail})"
+    drop = ("gr.dlq.reason", "gr.dlq.detail", "gr.dlq.original.size", "gr.dlq.original.reason")
+    record.headers = [(k, v) for k, v in record.headers if k not in drop] + [
         ("gr.dlq.reason", b"too_large"),
-        (
-            "gr.dlq.detail",
-            truncate_utf8(
-                f"{len(value)} bytes, too large for the DLQ; value truncated "
-                f"(original reason {reason}: {detail})"
-            ),
-        ),
-        ("gr.dlq.original.size", str(len(value)).encode()),
+        ("gr.dlq.detail", truncate_utf8(detail)),
+        ("gr.dlq.original.size", str(size).encode()),
         ("gr.dlq.original.reason", reason.encode()),
     ]
-    copy = DlqRecord(record.key, b"", headers, record.on_acked, record.not_before, record.attempts)
-    room = max(0, limit - copy.size)
-    copy.value = value[:room]
-    return copy
+    record.value = b""
+    record.value = value[: max(0, limit - record.size)]
+    return record
 
 
 def error_name(err: Any) -> str:
@@ -176,7 +172,7 @@ class DlqWriter:
 
     def send(self, record: DlqRecord) -> None:
         if record.size > self._max_bytes:
-            record = truncated_copy(record, self._max_bytes)
+            truncate(record, self._max_bytes)
         self._waiting.append(record)
         self._produce_due(time.monotonic())
 
@@ -224,7 +220,7 @@ class DlqWriter:
             except DlqWriteError as exc:
                 self._waiting.popleft()
                 if exc.code == "MSG_SIZE_TOO_LARGE":
-                    record = truncated_copy(record, min(self._max_bytes, SMALL_COPY_BYTES))
+                    truncate(record, min(self._max_bytes, SMALL_COPY_BYTES))
                 self._failed(record, exc.code)
                 continue
             self._waiting.popleft()
@@ -251,10 +247,11 @@ class DlqWriter:
         record.attempts += 1
         wait = min(self._retry_max, self._retry_initial * 2 ** min(record.attempts, 16))
         record.not_before = time.monotonic() + wait
-        log.warning(
-            "dlq write failed; will retry",
-            extra={"error": code, "attempt": record.attempts, "retry_in_s": wait},
-        )
+        if record.attempts & (record.attempts - 1) == 0:  # 1, 2, 4, 8...: not every retry
+            log.warning(
+                "dlq write failed; will retry",
+                extra={"error": code, "attempt": record.attempts, "retry_in_s": wait},
+            )
         self._waiting.append(record)
 
     def _callback(self, record: DlqRecord) -> Callable[[Any, Any], None]:
@@ -266,12 +263,11 @@ class DlqWriter:
                     self._on_success()
                 return
             code = error_name(err)
-            retry = record
             if code == "MSG_SIZE_TOO_LARGE":  # the DLQ topic's own limit is lower
-                retry = truncated_copy(record, min(self._max_bytes, SMALL_COPY_BYTES))
+                truncate(record, min(self._max_bytes, SMALL_COPY_BYTES))
             if getattr(err, "fatal", lambda: False)():
                 self._replace = True  # in service(), not inside the producer's own callback
-            self._failed(retry, code)
+            self._failed(record, code)
 
         return done
 

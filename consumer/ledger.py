@@ -312,9 +312,12 @@ class Ledger:
         if room <= 0:
             return []
         jobs: list[DeliveryJob[Any]] = []
+        ahead_cap = self.max_uncommitted
         for part in self.parts.values():
             if part.in_flight is not None or UNCOMMITTED in part.reasons:
                 continue
+            if part.offsets.finished_uncommitted >= ahead_cap and not self.draining:
+                continue  # flow() pauses it; nothing more goes out meanwhile
             batch = part.retry_batch
             if batch is not None:
                 if now < part.retry_at:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from consumer import config
 from consumer.devtools import samples
 from consumer.devtools.kafka_local import create_topic
 from consumer.devtools.simulator import Simulator
