@@ -181,3 +181,22 @@ def test_the_whole_stop_fits_the_shutdown_timeout(
     )
     assert code == 0, worker.log()
     assert took <= timeout_s + 0.5, worker.log()[-3000:]  # the slack: signal delivery
+
+
+def test_liveness_fails_while_a_partition_with_work_commits_nothing(
+    bootstrap: str,
+    make_topic: TopicFactory,
+    simulator: Simulator,
+    make_settings: SettingsFactory,
+    start_worker: Callable[..., RunningWorker],
+) -> None:
+    topic = _topic_with_events(bootstrap, make_topic, 1, 2000, seed=35)
+    simulator.set_outage(True)  # read, never delivered: nothing to commit
+    rw = start_worker(make_settings(topic, GR_STALL_TIMEOUT_S="3"))
+    wait_for(lambda: not rw.health.live()[0], 30, "liveness failing")
+    assert "committed nothing" in rw.health.live()[1]
+    age = _count(rw.worker, "gr_partition_last_commit_age_seconds", topic=topic, partition="0")
+    assert age > 3
+    simulator.set_outage(False)
+    wait_for(lambda: rw.health.live()[0], 30, "alive again once it commits")
+    assert rw.stop() == 0
