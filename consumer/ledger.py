@@ -30,8 +30,9 @@ When is it safe to commit? The commit sequence, step by step:
    until nothing is left uncommitted or its time is up; commits that fail
    across a concurrent rebalance are retried after the rejoin (step 5).
 9. Delivery runs at most `max_uncommitted` finished events ahead of the
-   last commit per partition: past that the partition pauses
-   (`uncommitted`) until a commit catches up.
+   last commit per partition, and not at all while that partition's commits
+   are refused: past that it pauses (`uncommitted`) until a commit succeeds.
+   What a crash can make the next owner resend stays small.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ TP = tuple[str, int]
 BUFFER_FULL = "buffer_full"
 UNCOMMITTED = "uncommitted"
 DRAINING = "draining"
+# a commit unanswered for this long counts as refused: delivery holds
+COMMIT_ANSWER_S = 0.5
 PAUSE_CAUSES = (BUFFER_FULL, UNCOMMITTED, DRAINING)
 
 _OFFSET = itemgetter(0)  # Item.offset, read in C
@@ -77,6 +80,10 @@ class Part:
     floor: int = -1
     commit_sent: int = -1
     commit_sent_at: float = 0.0
+    # the last commit was refused (a rebalance, the coordinator away), or one has
+    # waited for its answer since `awaiting_since` (-1: none): delivery holds
+    commit_failing: bool = False
+    awaiting_since: float = -1.0
     last_progress: float = 0.0  # a commit confirmed (or the assignment)
 
     @property
@@ -316,7 +323,7 @@ class Ledger:
         for part in self.parts.values():
             if part.in_flight is not None or UNCOMMITTED in part.reasons:
                 continue
-            if part.offsets.finished_uncommitted >= ahead_cap and not self.draining:
+            if not self.draining and self._too_far_ahead(part, ahead_cap, now):
                 continue  # flow() pauses it; nothing more goes out meanwhile
             batch = part.retry_batch
             if batch is not None:
@@ -335,6 +342,19 @@ class Ledger:
                 break
         self.in_flight += len(jobs)
         return jobs
+
+    @staticmethod
+    def _too_far_ahead(part: Part, cap: int, now: float) -> bool:
+        """Past the bound, or anything uncommitted while its commits are refused or
+        go unanswered (the coordinator away: librdkafka holds the request)."""
+        ahead = part.offsets.finished_uncommitted
+        if ahead >= cap:
+            return True
+        if not ahead:
+            return False
+        return part.commit_failing or (
+            part.awaiting_since >= 0 and now - part.awaiting_since > COMMIT_ANSWER_S
+        )
 
     def next_due_in(self, now: float, cap: float) -> float:
         """How long the loop may wait for records before a batch is due."""
@@ -392,6 +412,8 @@ class Ledger:
             target = part.offsets.needs_commit()
             if target is not None and target != part.commit_sent:
                 part.commit_sent, part.commit_sent_at = target, now
+                if part.awaiting_since < 0:
+                    part.awaiting_since = now
                 out.append((tp, target))
         self._dirty.clear()
         if out:
@@ -402,7 +424,14 @@ class Ledger:
         part = self.parts.get(tp)
         if part is None:
             return
+        part.commit_failing = not ok
+        if not ok or offset >= part.commit_sent:
+            part.awaiting_since = -1.0  # answered
+        else:
+            part.awaiting_since = now  # an older one: the newer waits from here
         if ok:
+            if offset >= part.commit_sent:
+                part.commit_sent = -1
             if offset >= 0:
                 before = part.offsets.committed
                 part.offsets.mark_committed(offset)
@@ -435,7 +464,7 @@ class Ledger:
 
     # ---- flow control ----
 
-    def flow(self) -> Actions:
+    def flow(self, now: float) -> Actions:
         """Pause or resume fetching: buffers full, or delivery too far ahead of commits."""
         act = Actions()
         parts = self.parts
@@ -456,11 +485,10 @@ class Ledger:
             elif pending >= cap_events or pbytes >= cap_bytes or (over_total and pending):
                 reasons.add(BUFFER_FULL)
                 act.paused_by[BUFFER_FULL] = act.paused_by.get(BUFFER_FULL, 0) + 1
-            ahead = part.offsets.finished_uncommitted
             if UNCOMMITTED in reasons:
-                if ahead < ahead_cap:
+                if not self._too_far_ahead(part, ahead_cap, now):
                     reasons.discard(UNCOMMITTED)
-            elif ahead >= ahead_cap:
+            elif self._too_far_ahead(part, ahead_cap, now):
                 reasons.add(UNCOMMITTED)
                 act.paused_by[UNCOMMITTED] = act.paused_by.get(UNCOMMITTED, 0) + 1
             if reasons and not part.fetch_paused:

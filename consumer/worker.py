@@ -216,7 +216,7 @@ class Worker:
         if jobs:
             self._dispatch.send(jobs)
         self._dlq.service(0)
-        act = led.flow()
+        act = led.flow(now)
         if act:
             self._carry_out(consumer, act)
         commits = led.commits_due(now)

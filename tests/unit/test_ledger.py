@@ -110,7 +110,7 @@ def test_every_assigned_partition_is_resumed_and_a_draining_one_paused() -> None
     led = ledger(max_buffered_bytes=10 * len(RAW))
     led.assigned([P0], 0.0)
     read(led, P0, list(range(20)))
-    act = led.flow()
+    act = led.flow(5.0)
     assert act.pause == [P0]
     assert act.paused_by == {BUFFER_FULL: 1}
     led.lost([P0], 1.0)
@@ -151,13 +151,13 @@ def test_delivery_stops_past_the_uncommitted_bound_and_resumes_after_a_commit() 
             delivered += len(job.batch.items)
             led.result(ok(job), 1.0)
     assert 20 <= delivered <= 30  # at most one batch past the bound
-    act = led.flow()
+    act = led.flow(5.0)
     assert act.pause == [P0]
     assert act.paused_by == {UNCOMMITTED: 1}
     led.dlq_acked(P0, generation, 0)
     (target,) = led.commits_due(2.0)
     led.commit_result(P0, target[1], True, 2.1)
-    assert led.flow().resume == [P0]
+    assert led.flow(5.0).resume == [P0]
     assert led.next_jobs(2.2, True, 8)
 
 
@@ -277,3 +277,36 @@ def test_a_partition_with_work_and_no_commit_is_stalled() -> None:
     led.commit_result(P0, target[1], True, 66.5)
     led.sweep(67.0)
     assert led.stalled_for(67.0) == 0.0
+
+
+def test_delivery_holds_while_the_partitions_commits_are_refused() -> None:
+    """D and G: in a rebalance or a coordinator outage nothing more runs ahead."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(40)))
+    (job,) = led.next_jobs(1.0, True, 8)
+    led.result(ok(job), 1.0)
+    (target,) = led.commits_due(1.1)
+    led.commit_result(P0, target[1], False, 1.2)  # ILLEGAL_GENERATION
+    assert led.next_jobs(1.3, True, 8) == []
+    assert led.flow(5.0).paused_by == {UNCOMMITTED: 1}
+    (again,) = led.commits_due(1.4)
+    led.commit_result(P0, again[1], True, 1.5)
+    assert led.flow(5.0).resume == [P0]
+    assert len(led.next_jobs(1.6, True, 8)) == 1
+
+
+def test_delivery_holds_while_a_commit_goes_unanswered() -> None:
+    """The coordinator away: librdkafka keeps the commit, no answer comes back."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(40)))
+    (job,) = led.next_jobs(1.0, True, 8)
+    led.result(ok(job), 1.0)
+    assert led.commits_due(1.1) == [(P0, 10)]
+    assert len(led.next_jobs(1.2, True, 8)) == 1  # an answer may take a moment
+    led.result(ok(led.parts[P0].in_flight), 1.3)  # type: ignore[arg-type]
+    assert led.next_jobs(1.7, True, 8) == []  # unanswered for longer: hold
+    led.commit_result(P0, 10, True, 1.8)
+    assert led.commits_due(1.9) == [(P0, 20)]
+    assert len(led.next_jobs(2.0, True, 8)) == 1
