@@ -77,8 +77,8 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
         "GR_RETRY_MAX_S": "2",
         "GR_SHUTDOWN_TIMEOUT_S": "20",
         # what a crash in a commit outage (the broker restart) may resend, per
-        # partition: about two seconds of this run's rate per partition
-        "GR_MAX_UNCOMMITTED_EVENTS": "200",
+        # partition: about a second of this run's rate per partition
+        "GR_MAX_UNCOMMITTED_EVENTS": "80",
     }
     counter = 0
 
