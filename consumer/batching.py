@@ -100,12 +100,10 @@ class PartitionBatcher(Generic[Ref]):
         self._sessions = 0
 
     def add(self, item: Item[Ref]) -> None:
+        """One event, checked against the byte cap; then the same path as a run."""
         if body_size(1, len(item.raw)) > self._max_bytes:
             raise ValueError(f"event of {len(item.raw)} bytes can never fit the byte cap")
-        self._items.append(item)
-        self._bytes += len(item.raw)
-        if item.route is not Route.BATCH:
-            self._sessions += 1
+        self.add_many([item], len(item.raw), 0 if item.route is Route.BATCH else 1)
 
     def add_many(self, items: list[Item[Ref]], payload_bytes: int, sessions: int) -> None:
         """`add` for a run of events, with their total bytes and how many are session events.

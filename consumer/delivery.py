@@ -25,16 +25,12 @@ from tenacity import (
 )
 
 from consumer.batching import Batch, Item, Ref
-from consumer.errors import GrError
+from consumer.errors import GrError, JobAbandonedError, TransportError
 from consumer.pacing import Pacer, RateLimitHeaders
 from consumer.policy import Action, decide, wait_after_429
-from consumer.s2s import Response, TransportError
+from consumer.s2s import Response
 
 MAX_DETAIL_BYTES = 1024
-
-
-class JobAbandonedError(GrError):
-    """The worker gave up on this job (revoked partition or shutdown): no result counts."""
 
 
 class _SendAgainError(GrError):

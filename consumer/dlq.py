@@ -2,13 +2,19 @@
 
 `dlq_headers` is pure (tested without Kafka). `DlqWriter` produces with an
 idempotent, acks=all producer and reports each record's acknowledgement; a
-failed write is retried with backoff, and until it is acknowledged the
-record's offset does not count as finished, so the partition cannot commit
-past it.
+failed write, whatever the error, is retried with backoff and reported, never
+raised to the worker; until it is acknowledged the record's offset does not
+count as finished, so the partition cannot commit past it.
+
+The DLQ takes every record the consumer can read: one too large for the
+producer or the DLQ topic (the consumer reads records up to the broker's
+limit, the producer's own default is lower) goes as a truncated copy, reason
+`too_large`, its original reason, size and coordinates in the headers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -17,7 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from consumer.errors import GrError
+from confluent_kafka import KafkaException
+
+from consumer.errors import DlqWriteError
 
 log = logging.getLogger("consumer.dlq")
 
@@ -82,10 +90,53 @@ class DlqRecord:
     on_acked: Callable[[], None]
     not_before: float = 0.0
     attempts: int = 0
+    # its partition went to another worker, which reads and dead-letters it again
+    cancelled: bool = False
+
+    @property
+    def size(self) -> int:
+        """Roughly what the producer counts against message.max.bytes."""
+        return (
+            len(self.value or b"")
+            + len(self.key or b"")
+            + sum(len(k) + len(v) for k, v in self.headers)
+            + RECORD_OVERHEAD
+        )
 
 
-class DlqWriteError(GrError):
-    """The DLQ could not take a record (yet); it will be tried again."""
+RECORD_OVERHEAD = 512  # record and batch framing, with room to spare
+# a broker-side size refusal (the DLQ topic's own max.message.bytes) is met with this much
+SMALL_COPY_BYTES = 64 * 1024
+
+
+def truncate(record: DlqRecord, limit: int) -> DlqRecord:
+    """Cut the record, in place, to fit `limit` bytes: reason `too_large`, the original kept
+    in `gr.dlq.original.reason` and `gr.dlq.original.size`."""
+    value = record.value or b""
+    found = dict(record.headers)
+    reason = found.get("gr.dlq.original.reason", found.get("gr.dlq.reason", b"")).decode()
+    size = int(found.get("gr.dlq.original.size", str(len(value)).encode()))
+    detail = found.get("gr.dlq.detail", b"").decode("utf-8", "replace")
+    if "gr.dlq.original.size" not in found:
+        detail = f"{size} bytes, too large for the DLQ; value truncated ({reason}: {detail})"
+    drop = ("gr.dlq.reason", "gr.dlq.detail", "gr.dlq.original.size", "gr.dlq.original.reason")
+    record.headers = [(k, v) for k, v in record.headers if k not in drop] + [
+        ("gr.dlq.reason", b"too_large"),
+        ("gr.dlq.detail", truncate_utf8(detail)),
+        ("gr.dlq.original.size", str(size).encode()),
+        ("gr.dlq.original.reason", reason.encode()),
+    ]
+    record.value = b""
+    record.value = value[: max(0, limit - record.size)]
+    return record
+
+
+def error_name(err: Any) -> str:
+    """A librdkafka error's name (bounded set: fit for a metric label)."""
+    name = getattr(err, "name", None)
+    if callable(name):
+        return str(name())
+    return type(err).__name__
 
 
 class DlqWriter:
@@ -96,18 +147,23 @@ class DlqWriter:
         producer_factory: Callable[[], Any],
         topic: str,
         *,
+        max_message_bytes: int = 1_000_000,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
         on_failure: Callable[[str], None] | None = None,
+        on_success: Callable[[], None] | None = None,
     ) -> None:
         self._factory = producer_factory
-        self._producer = producer_factory()
+        self._producer: Any = producer_factory()
         self._topic = topic
+        self._max_bytes = max_message_bytes
         self._waiting: deque[DlqRecord] = deque()
         self._unacked = 0
         self._retry_initial = retry_initial_s
         self._retry_max = retry_max_s
         self._on_failure = on_failure
+        self._on_success = on_success
+        self._replace = False
 
     @property
     def pending(self) -> int:
@@ -115,8 +171,16 @@ class DlqWriter:
         return len(self._waiting) + self._unacked
 
     def send(self, record: DlqRecord) -> None:
+        if record.size > self._max_bytes:
+            truncate(record, self._max_bytes)
         self._waiting.append(record)
         self._produce_due(time.monotonic())
+
+    def discard_cancelled(self) -> int:
+        """Drop waiting records whose partition went; returns how many."""
+        before = len(self._waiting)
+        self._waiting = deque(r for r in self._waiting if not r.cancelled)
+        return before - len(self._waiting)
 
     def service(self, timeout_s: float = 0.0) -> None:
         """Produce what is due and serve acknowledgements; free when nothing is pending."""
@@ -124,44 +188,86 @@ class DlqWriter:
             return  # called every loop turn: a producer poll costs ~0.4 ms
         self._produce_due(time.monotonic())
         self._producer.poll(timeout_s)
+        if self._replace:
+            self._renew()
+
+    def _renew(self) -> None:
+        """A fatal producer error: a new producer; what the old one held is sent again.
+
+        Never from inside a delivery callback: the old producer is purged and
+        polled here, so each record it held comes back through its callback.
+        """
+        self._replace = False
+        old = self._producer
+        with contextlib.suppress(Exception):
+            old.purge()
+            old.poll(0)
+        self._producer = self._factory()
 
     def _produce_due(self, now: float) -> None:
         for _ in range(len(self._waiting)):
             record = self._waiting[0]
+            if record.cancelled:
+                self._waiting.popleft()
+                continue
             if record.not_before > now:
                 self._waiting.rotate(-1)
                 continue
             try:
-                self._producer.produce(
-                    self._topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=record.headers,
-                    on_delivery=self._callback(record),
-                )
+                self._produce(record)
             except BufferError:
                 return  # the producer's queue is full: try again next turn
+            except DlqWriteError as exc:
+                self._waiting.popleft()
+                if exc.code == "MSG_SIZE_TOO_LARGE":
+                    truncate(record, min(self._max_bytes, SMALL_COPY_BYTES))
+                self._failed(record, exc.code)
+                continue
             self._waiting.popleft()
             self._unacked += 1
+
+    def _produce(self, record: DlqRecord) -> None:
+        try:
+            self._producer.produce(
+                self._topic,
+                value=record.value,
+                key=record.key,
+                headers=record.headers,
+                on_delivery=self._callback(record),
+            )
+        except KafkaException as exc:
+            raise DlqWriteError(error_name(exc.args[0]) if exc.args else "unknown") from exc
+
+    def _failed(self, record: DlqRecord, code: str) -> None:
+        """Any failure: wait with backoff, report it, try again (unless its partition went)."""
+        if self._on_failure is not None:
+            self._on_failure(code)
+        if record.cancelled:
+            return
+        record.attempts += 1
+        wait = min(self._retry_max, self._retry_initial * 2 ** min(record.attempts, 16))
+        record.not_before = time.monotonic() + wait
+        if record.attempts & (record.attempts - 1) == 0:  # 1, 2, 4, 8...: not every retry
+            log.warning(
+                "dlq write failed; will retry",
+                extra={"error": code, "attempt": record.attempts, "retry_in_s": wait},
+            )
+        self._waiting.append(record)
 
     def _callback(self, record: DlqRecord) -> Callable[[Any, Any], None]:
         def done(err: Any, _msg: Any) -> None:
             self._unacked -= 1
             if err is None:
                 record.on_acked()
+                if self._on_success is not None:
+                    self._on_success()
                 return
-            record.attempts += 1
-            wait = min(self._retry_max, self._retry_initial * 2 ** min(record.attempts, 16))
-            record.not_before = time.monotonic() + wait
-            log.warning(
-                "dlq write failed; will retry",
-                extra={"error": str(err), "attempt": record.attempts, "retry_in_s": wait},
-            )
-            if self._on_failure is not None:
-                self._on_failure(str(err))
+            code = error_name(err)
+            if code == "MSG_SIZE_TOO_LARGE":  # the DLQ topic's own limit is lower
+                truncate(record, min(self._max_bytes, SMALL_COPY_BYTES))
             if getattr(err, "fatal", lambda: False)():
-                self._producer = self._factory()  # an idempotent producer's fatal error
-            self._waiting.append(record)
+                self._replace = True  # in service(), not inside the producer's own callback
+            self._failed(record, code)
 
         return done
 
@@ -175,5 +281,5 @@ class DlqWriter:
         """Produce and wait; returns how many records are still unacknowledged."""
         deadline = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < deadline:
-            self.service(0.05)
+            self.service(min(0.05, max(0.0, deadline - time.monotonic())))
         return self.pending

@@ -83,6 +83,21 @@ class Metrics:
         self.rebalances = Counter(
             "gr_rebalances", "Rebalance callbacks by kind", ["kind"], registry=r
         )
+        self.partition_commit_age = Gauge(
+            "gr_partition_last_commit_age_seconds",
+            "Seconds since the partition's committed offset last moved (or it was assigned)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.partition_uncommitted = Gauge(
+            "gr_partition_uncommitted_events",
+            "Events delivered or dead-lettered but not yet committed",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.dlq_write_failures = Counter(
+            "gr_dlq_write_failures", "DLQ writes that failed (retried)", ["error"], registry=r
+        )
 
         # Known label values start at zero, so dashboards and alerts see a
         # series before the first occurrence.
@@ -99,7 +114,8 @@ class Metrics:
             "key_403",
         ):
             self.retries.labels(reason)
-        self.pauses.labels("buffer_full")
+        for cause in ("buffer_full", "uncommitted", "draining"):
+            self.pauses.labels(cause)
         for result in ("ok", "error"):
             self.commits.labels(result)
         for kind in ("assign", "revoke", "lost"):
@@ -118,7 +134,24 @@ class Health:
         self._stale_after = stale_after_s
         self._joined = False
         self._key_problem: str | None = None
+        self._dlq_problem: str | None = None
         self._stopping = False
+        self._stall_limit_s = 0.0
+        self._stalled_s = 0.0
+
+    def stall_limit(self, seconds: float) -> None:
+        """Liveness fails once a partition with work has committed nothing for this long (0: never)."""
+        self._stall_limit_s = seconds
+
+    def stalled(self, seconds: float) -> None:
+        """The longest a partition with work has gone without a commit, as of now."""
+        self._stalled_s = seconds
+
+    def dlq_failing(self, error: str) -> None:
+        self._dlq_problem = f"DLQ writes failing ({error}); retrying"
+
+    def dlq_ok(self) -> None:
+        self._dlq_problem = None
 
     def beat(self) -> None:
         self._beat = time.monotonic()
@@ -150,6 +183,9 @@ class Health:
         age = time.monotonic() - self._beat
         if age > self._stale_after:
             return False, f"main loop stalled for {age:.0f}s"
+        stalled = self._stalled_s
+        if self._stall_limit_s and stalled > self._stall_limit_s:
+            return False, f"a partition with work has committed nothing for {stalled:.0f}s"
         return True, "ok"
 
     def ready(self) -> tuple[bool, str]:
@@ -157,7 +193,7 @@ class Health:
             return False, "shutting down"
         if not self._joined:
             return False, "not yet joined the consumer group"
-        problem = self._key_problem
+        problem = self._key_problem or self._dlq_problem
         if problem is not None:
             return False, problem
         return True, "ok"

@@ -89,7 +89,32 @@ class PartitionOffsets:
         return self._last_read
 
     def mark_committed(self, offset: int) -> None:
-        self._committed = offset
+        """The group holds `offset` now (a confirmation never moves it back)."""
+        if self._committed is None or offset > self._committed:
+            self._committed = offset
+
+    def start_at(self, first: int, committed: int | None) -> None:
+        """Count everything below `first` as finished, before anything was read.
+
+        A partition this worker delivered up to `first` and then lost comes back
+        with the group at `committed`: it commits `first` without resending.
+        """
+        if self._last_read is not None:
+            raise ValueError("start_at after records were read")
+        self._last_read = first - 1
+        self._committed = committed
+
+    @property
+    def finished_uncommitted(self) -> int:
+        """Records finished (delivered or dead-lettered) that no commit covers yet.
+
+        Counted in offsets, so a compacted gap counts too: an upper bound.
+        """
+        if self._last_read is None:
+            return 0
+        head = self.committable
+        base = self._committed if self._committed is not None else head
+        return max(0, (head or 0) - (base or 0)) + len(self._done)
 
     @property
     def committed(self) -> int | None:

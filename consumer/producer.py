@@ -63,7 +63,7 @@ import msgspec
 import orjson
 
 from consumer import config
-from consumer.errors import ConfigError, GrError
+from consumer.errors import ConfigError, DeliveryError, InvalidEventError
 from consumer.events import DEFAULT_MAX_BYTES, EventDecoder, Poison
 from consumer.kafka_config import producer_config
 
@@ -88,61 +88,6 @@ _REQUIRED: Final[dict[str, Any]] = {"enable.idempotence": True, "acks": "all"}
 _DEFAULTS: Final[dict[str, Any]] = {"linger.ms": 5}
 _QUEUE_FULL_WAIT_S: Final = 0.05
 _ENVELOPE_KEYS: Final = frozenset({"event_type", "payload", "identifiers", "utm"})
-
-
-class InvalidEventError(GrError, ValueError):
-    """The event fails the schema (or is not JSON-serialisable); nothing was produced.
-
-    `reason` is what the consumer would have put in `gr.dlq.reason`
-    (`invalid_json`, `schema_violation`, `too_large`, `empty_value`) or
-    `not_serializable`; `detail` says what and where (`$.payload.amount`).
-    """
-
-    def __init__(self, event_type: object, reason: str, detail: str) -> None:
-        what = "event"
-        if isinstance(event_type, str):
-            what = f"{event_type!r} event"
-            # payload details start with the type already: say it once
-            detail_shown = detail.removeprefix(f"{event_type!r}: ")
-        else:
-            detail_shown = detail
-        super().__init__(f"invalid {what} ({reason}): {detail_shown}")
-        self.event_type = event_type if isinstance(event_type, str) else None
-        self.reason = reason
-        self.detail = detail
-
-
-class DeliveryError(GrError):
-    """Kafka did not take the event. `code` is librdkafka's error name (`_MSG_TIMED_OUT`, ...)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str = "",
-        retriable: bool = False,
-        fatal: bool = False,
-        topic: str | None = None,
-        key: bytes | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retriable = retriable
-        self.fatal = fatal
-        self.topic = topic
-        self.key = key
-
-    @classmethod
-    def from_kafka(cls, err: Any, topic: str | None, key: bytes | None) -> DeliveryError:
-        """From a confluent_kafka.KafkaError."""
-        return cls(
-            f"delivery to {topic} failed: {err.str()} ({err.name()})",
-            code=str(err.name()),
-            retriable=bool(err.retriable()),
-            fatal=bool(err.fatal()),
-            topic=topic,
-            key=key,
-        )
 
 
 @dataclass(frozen=True, slots=True)

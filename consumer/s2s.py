@@ -31,15 +31,12 @@ import pycurl
 
 from consumer.config import ApiKeySource, Secret
 from consumer.errors import GrError
+from consumer.errors import TransportError as TransportError
 from consumer.events import Route
 
 _MAX_ERROR_BODY = 4096
 _USER_AGENT = "gr-s2s-consumer"
 T = TypeVar("T")
-
-
-class TransportError(GrError):
-    """No HTTP answer: connection refused or reset, timeout, TLS failure."""
 
 
 class Headers(dict[str, str]):

@@ -1,50 +1,45 @@
 """The main loop: the one thread that owns the Kafka consumer.
 
-    consume(N) -> decode -> per-partition batcher -> delivery threads -> S2S API
-        ^            |                                   |
+    consume(N) -> decode -> ledger (per-partition batches) -> dispatcher -> S2S API
+        ^            |                                         |
         |            +-- poison --> DLQ writer <-- rejected after bisection
-        +-- commit <-- PartitionOffsets (finished = accepted or DLQ-acked)
+        +-- commit <-- ledger (finished = accepted or DLQ-acked)
 
-Everything that touches the consumer happens here, rebalance callbacks
-included (librdkafka runs them inside `consume`). Delivery threads only talk
-HTTP and hand their results back through a queue. The loop never blocks for
-longer than a short poll, whatever the API does, so the member stays in its
-group; partitions whose buffers are full are paused, not starved of polls.
+The loop reads, tells the ledger what happened and carries out what it
+answers: send these batches, pause or resume these partitions, commit these
+offsets. Rebalance callbacks run on this thread too (librdkafka runs them
+inside `consume`). The loop never blocks for longer than a short poll,
+whatever the API does, so the member stays in its group. When it is safe to
+commit is the ledger's business (consumer/ledger.py), not this file's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import queue
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from itertools import groupby, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from types import FrameType
 from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from consumer.batching import Item, PartitionBatcher
+from consumer.batching import Item
 from consumer.config import Settings
-from consumer.delivery import Deliverer, DeliveryJob, DeliveryResult, Rejection
+from consumer.dispatch import Dispatcher
 from consumer.dlq import DlqRecord, DlqWriter, Source, dlq_headers
+from consumer.errors import WorkerFailedError
 from consumer.events import EventDecoder, Poison, Route, Valid
 from consumer.kafka_config import consumer_config, producer_config
+from consumer.ledger import TP, Actions, Ledger, Part
 from consumer.observe import Health, Metrics
-from consumer.offsets import PartitionOffsets
-from consumer.pacing import Pacer
-from consumer.s2s import Response, S2SClient, S2SMulti, TransportError
 
 log = logging.getLogger("consumer.worker")
-_OFFSET = itemgetter(0)  # Item.offset, read in C
 # For the column-wise ingest: C functions `map` can call without Python frames.
 # Typed for records without an error (the only ones they are used on; a
 # None value decodes to poison, which goes record by record).
@@ -56,28 +51,19 @@ _M_OFFSET: Callable[[Message], int] = cast(Any, Message.offset)
 _ROUTE = attrgetter("route")
 _new_tuple = tuple.__new__
 
-TP = tuple[str, int]
 _CONSUME_BATCH = 200
 _IDLE_POLL_S = 0.1
 _BUSY_POLL_S = 0.005
-_COMMIT_INTERVAL_S = 1.0
-# Once nothing is in flight, what finished is committed without waiting out
-# the interval (a drained backlog, a trickle), at most this often.
-_IDLE_COMMIT_S = 0.1
 _REVOKE_WAIT_S = 15.0
+_SWEEP_S = 1.0
+# Of the stop budget (GR_SHUTDOWN_TIMEOUT_S), what is kept for leaving the group
+# and flushing the DLQ after the drain.
+_CLOSE_SHARE, _CLOSE_MAX_S = 0.2, 5.0
+# ...and for the process to exit after the worker returns
+_EXIT_SHARE, _EXIT_MAX_S = 0.1, 1.0
+_COMMITTED_QUERY_S = 5.0
 
-
-@dataclass(slots=True)
-class PartitionState:
-    tp: TP
-    generation: int
-    batcher: PartitionBatcher[Message]
-    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
-    in_flight: DeliveryJob[Message] | None = None
-    dlq_unacked: int = 0
-    paused: bool = False
-    retry_at: float = 0.0
-    retry_batch: Any = None
+ConsumerFactory = Callable[[dict[str, Any]], Any]
 
 
 def _tune_gc() -> None:
@@ -92,40 +78,8 @@ def _tune_gc() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
-class _DeliveryObserver:
-    """Delivery threads report here: metrics and readiness."""
-
-    def __init__(self, metrics: Metrics, health: Health, pacer: Pacer) -> None:
-        self._m = metrics
-        self._h = health
-        self._pacer = pacer
-        # labels() costs a lock and a dict look-up per call: keep the children
-        self._counted: dict[tuple[str, int], Any] = {}
-        self._timed: dict[str, Any] = {}
-
-    def on_response(self, endpoint: str, status: int, elapsed_s: float) -> None:
-        counter = self._counted.get((endpoint, status))
-        if counter is None:
-            counter = self._m.api_requests.labels(endpoint, str(status) if status else "error")
-            self._counted[(endpoint, status)] = counter
-        counter.inc()
-        if status:
-            timer = self._timed.get(endpoint)
-            if timer is None:
-                timer = self._timed[endpoint] = self._m.request_seconds.labels(endpoint)
-            timer.observe(elapsed_s)
-        remaining = self._pacer.remaining
-        if remaining is not None:
-            self._m.rate_limit_remaining.set(remaining)
-
-    def on_retry(self, reason: str) -> None:
-        self._m.retries.labels(reason).inc()
-
-    def on_key_rejected(self, status: int) -> None:
-        self._h.key_rejected(status)
-
-    def on_key_ok(self) -> None:
-        self._h.key_ok()
+def _tps(pairs: list[tuple[TP, int]]) -> list[TopicPartition]:
+    return [TopicPartition(t, p, o) for (t, p), o in pairs]
 
 
 class Worker:
@@ -138,55 +92,44 @@ class Worker:
         metrics: Metrics | None = None,
         health: Health | None = None,
         consumer_overrides: dict[str, Any] | None = None,
+        consumer_factory: ConsumerFactory = Consumer,
+        producer_factory: Callable[[dict[str, Any]], Any] = Producer,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.health = health or Health()
+        self.health.stall_limit(settings.stall_timeout_s)
         self._decoder = EventDecoder(
             max_bytes=settings.event_max_bytes, strict_rules=settings.strict_rules
-        )
-        self._pacer = Pacer(cap_per_minute=settings.rate_limit_per_minute)
-        self._client = S2SClient(
-            settings.base_url,
-            settings.api_key,
-            timeout_s=settings.http_timeout_s,
-            ca_file=str(settings.api_ca_file) if settings.api_ca_file else None,
-        )
-        self._deliverer = Deliverer(
-            self._client,
-            self._pacer,
-            _DeliveryObserver(self.metrics, self.health, self._pacer),
-            retry_initial_s=settings.retry_initial_s,
-            retry_max_s=settings.retry_max_s,
         )
         self._consumer_conf = consumer_config(
             settings, on_commit=self._on_commit, **(consumer_overrides or {})
         )
-        self._consumer: Consumer | None = None
+        self._consumer_factory = consumer_factory
+        self._dispatch = Dispatcher(settings, self.metrics, self.health)
+        dlq_conf = producer_config(settings, **{"message.timeout.ms": 30000})
         self._dlq = DlqWriter(
-            lambda: Producer(producer_config(settings, **{"message.timeout.ms": 30000})),
+            lambda: producer_factory(dlq_conf),
             settings.dlq_topic,
+            max_message_bytes=int(dlq_conf.get("message.max.bytes", 1_000_000)),
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
+            on_failure=self._dlq_failed,
+            on_success=self.health.dlq_ok,
         )
-        # First attempts go out from this thread, without blocking; the
-        # threads take over what needs waiting: retries, pacing, bisection.
-        self._multi: S2SMulti[DeliveryJob[Message]] = S2SMulti(self._client, settings.max_in_flight)
-        self._pool = ThreadPoolExecutor(settings.max_in_flight, thread_name_prefix="deliver")
-        self._done: queue.SimpleQueue[DeliveryResult[Message]] = queue.SimpleQueue()
-        self._parts: dict[TP, PartitionState] = {}
-        self._generation = 0
-        self._in_flight = 0
+        self._dlq_by_tp: dict[TP, list[DlqRecord]] = {}
+        self._ledger = Ledger(
+            batch_max_events=settings.batch_max_events,
+            batch_max_bytes=settings.batch_max_bytes,
+            linger_s=settings.batch_linger_ms / 1000.0,
+            max_buffered_bytes=settings.max_buffered_bytes,
+            max_uncommitted=settings.max_uncommitted_events,
+        )
+        self._pending: list[Actions] = []  # from rebalance callbacks, done after consume
         self._stop = threading.Event()
-        self._last_commit = 0.0
-        self._linger_s = settings.batch_linger_ms / 1000.0
-        self._buffered_bytes = 0
-        self._draining = False
-        # Pausing a partition makes librdkafka drop what it prefetched for it (to
-        # fetch again on resume), so pauses must be rare in normal flow: forty
-        # batches per partition, within the byte caps below. Measured in bench/:
-        # four batches gave 11.9k events/s, forty 25.6k.
-        self._part_cap_events = 40 * settings.batch_max_events
+        self._stop_at: float | None = None
+        self._next_sweep = 0.0
+        self._gauges: dict[TP, tuple[Any, Any, Any]] = {}
         self.stats = {
             "consumed": 0,
             "delivered": 0,
@@ -199,73 +142,89 @@ class Worker:
     # ---- lifecycle ----
 
     def request_stop(self, *_: Any) -> None:
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: FrameType | None) -> None:
             log.info("signal received; draining", extra={"signal": signal.Signals(signum).name})
-            self._stop.set()
+            self.request_stop()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    @property
+    def _deadline(self) -> float:
+        """When the whole stop sequence must be over."""
+        start = self._stop_at if self._stop_at is not None else time.monotonic()
+        budget = self.settings.shutdown_timeout_s
+        return start + budget - min(_EXIT_MAX_S, _EXIT_SHARE * budget)
+
+    @property
+    def _close_reserve(self) -> float:
+        return min(_CLOSE_MAX_S, _CLOSE_SHARE * self.settings.shutdown_timeout_s)
+
     def run(self, until: Callable[[], bool] | None = None) -> int:
         _tune_gc()
-        consumer = self._consumer = Consumer(self._consumer_conf)
-        consumer.subscribe(
-            self.settings.topic_patterns,
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
-        log.info(
-            "consumer started",
-            extra={"topics": list(self.settings.topics), "group": self.settings.group_id},
-        )
+        consumer = self._consumer_factory(self._consumer_conf)
+        code = 0
         try:
+            consumer.subscribe(
+                self.settings.topic_patterns,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            log.info(
+                "consumer started",
+                extra={"topics": list(self.settings.topics), "group": self.settings.group_id},
+            )
             while not self._stop.is_set() and not (until is not None and until()):
                 self._turn(consumer)
+            self.request_stop()
             self._drain(consumer)
-        except KafkaException as exc:
-            log.error("fatal kafka error", extra={"error": str(exc)})
-            self._shutdown(consumer, commit=False)
-            return 1
-        self._shutdown(consumer, commit=True)
-        return 0
+        except Exception as exc:  # any failure: leave the group, exit 1
+            log.error("worker failed; stopping", exc_info=exc, extra={"error": str(exc)})
+            self.request_stop()
+            code = 1
+        self._shutdown(consumer, commit=code == 0)
+        return code
 
-    def _turn(self, consumer: Consumer, flush: bool = False) -> None:
-        if self._multi.active:
+    def _turn(self, consumer: Any, flush: bool = False) -> None:
+        led = self._ledger
+        if self._dispatch.sockets_busy:
             # Answers come back on the multi's sockets: look at Kafka without
             # waiting, and if it has nothing, wait on those sockets instead.
             messages = consumer.consume(_CONSUME_BATCH, 0)
             if not messages:
-                self._multi.wait(_BUSY_POLL_S)
+                self._dispatch.wait(_BUSY_POLL_S)
         else:
-            timeout = _BUSY_POLL_S if (self._in_flight or self._dlq.pending) else self._idle_wait()
+            if led.in_flight or self._dlq.pending:
+                timeout = _BUSY_POLL_S
+            else:
+                timeout = max(led.next_due_in(time.monotonic(), _IDLE_POLL_S), 0.001)
             messages = consumer.consume(_CONSUME_BATCH, timeout)
+        if self._pending:
+            self._carry_out_pending(consumer)
         now = time.monotonic()
         if messages:
             self._ingest(messages, now)
-        self._collect()
-        self._dispatch(now, flush)
+        self._collect(now)
+        led.halted = self.health.halted
+        jobs = led.next_jobs(now, flush, self.settings.max_in_flight)
+        if jobs:
+            self._dispatch.send(jobs)
         self._dlq.service(0)
-        self._manage_pauses(consumer)
-        since = now - self._last_commit
-        if since >= _COMMIT_INTERVAL_S or (
-            since >= _IDLE_COMMIT_S and not self._in_flight and not self._dlq.pending
-        ):
-            self._commit(consumer, asynchronous=True)
+        act = led.flow(now)
+        if act:
+            self._carry_out(consumer, act)
+        commits = led.commits_due(now)
+        if commits:
+            self._commit_async(consumer, commits)
+        if now >= self._next_sweep:
+            self._sweep(now)
         self.health.beat()
-
-    def _idle_wait(self) -> float:
-        now = time.monotonic()
-        wait = _IDLE_POLL_S
-        for st in self._parts.values():
-            if st.in_flight is None:
-                due = st.batcher.due_in(now)
-                if due is not None and due < wait:
-                    wait = due
-        return max(wait, 0.001)
 
     # ---- records in ----
 
@@ -279,6 +238,7 @@ class Worker:
         """
         counts: dict[str, int] = {}
         decode = self._decoder.decode
+        parts = self._ledger.parts
         for partition, group in groupby(messages, _M_PARTITION):
             run = list(group)
             topics = set(map(_M_TOPIC, run))
@@ -286,7 +246,7 @@ class Worker:
                 self._ingest_records(run, None, now, counts)
                 continue
             (topic,) = topics
-            st = self._parts.get((topic, partition))
+            st = parts.get((topic, partition))
             if st is None:
                 continue  # stragglers from a partition we no longer own
             values = list(map(_M_VALUE, run))
@@ -314,10 +274,10 @@ class Worker:
         counts: dict[str, int],
     ) -> None:
         """Record by record: Kafka errors, poison (dead-lettered in read order), stragglers."""
-        parts = self._parts
+        parts = self._ledger.parts
         decode = self._decoder.decode
         batch_route = Route.BATCH
-        run_st: PartitionState | None = None
+        run_st: Part | None = None
         run_topic = ""
         run_partition = -1
         offsets: list[int] = []
@@ -348,7 +308,11 @@ class Worker:
                 self._hand_over(run_st, offsets, items, run_bytes, sessions)
                 counts[topic] = counts.get(topic, 0) + len(offsets)
                 offsets, items, run_bytes, sessions = [], [], 0, 0
-                self._dead_letter(run_st, msg, result.reason, result.detail)
+                if not self._ledger.below_floor(run_st, offset):
+                    tp = run_st.tp
+                    self._dead_letter(
+                        tp, self._ledger.poison(run_st), msg, result.reason, result.detail
+                    )
                 continue
             route = result.route
             if route is not batch_route:
@@ -361,341 +325,307 @@ class Worker:
 
     def _hand_over(
         self,
-        st: PartitionState,
+        st: Part,
         offsets: list[int],
         items: list[Item[Message]],
         nbytes: int,
         sessions: int,
     ) -> None:
         """A run of read records: all their offsets, the valid ones to the batcher."""
-        st.offsets.read_many(offsets)
-        st.batcher.add_many(items, nbytes, sessions)
-        self._buffered_bytes += nbytes
+        if offsets:
+            self._ledger.records_read(st, offsets, items, nbytes, sessions)
 
     def _kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
         if err.fatal():
-            raise KafkaException(err)
+            raise WorkerFailedError(f"fatal kafka error: {err.str()}")
         log.warning("kafka error", extra={"error": err.str()})
 
     def _dead_letter(
         self,
-        st: PartitionState,
+        tp: TP,
+        generation: int,
         msg: Any,
         reason: str,
         detail: str,
         http_status: int | None = None,
     ) -> None:
         ts_type, ts = msg.timestamp()
+        offset = msg.offset()
         headers = dlq_headers(
             msg.headers(),
             reason=reason,
             detail=detail,
-            source=Source(msg.topic(), msg.partition(), msg.offset(), ts if ts_type else None),
+            source=Source(tp[0], tp[1], offset, ts if ts_type else None),
             group=self.settings.group_id,
             http_status=http_status,
         )
-        generation, offset = st.generation, msg.offset()
-        st.dlq_unacked += 1
+        held = self._dlq_by_tp.setdefault(tp, [])
 
         def acked() -> None:
             self.metrics.events_dead_lettered.labels(reason).inc()
             self.stats["dead_lettered"] += 1
             self.dead_lettered_by_reason[reason] += 1
-            cur = self._parts.get(st.tp)
-            if cur is not None and cur.generation == generation:
-                cur.dlq_unacked -= 1
-                cur.offsets.finish(offset)
+            self._ledger.dlq_acked(tp, generation, offset)
+            if record in held:
+                held.remove(record)
 
         log.info(
             "record dead-lettered",
-            extra={
-                "reason": reason,
-                "topic": msg.topic(),
-                "partition": msg.partition(),
-                "offset": offset,
-            },
+            extra={"reason": reason, "topic": tp[0], "partition": tp[1], "offset": offset},
         )
-        self._dlq.send(DlqRecord(msg.key(), msg.value(), headers, acked))
+        record = DlqRecord(msg.key(), msg.value(), headers, acked)
+        held.append(record)
+        self._dlq.send(record)
+
+    def _dlq_failed(self, error: str) -> None:
+        self.metrics.dlq_write_failures.labels(error).inc()
+        self.health.dlq_failing(error)
 
     # ---- delivery ----
 
-    def _dispatch(self, now: float, flush: bool) -> None:
-        if self.health.halted:
-            return  # the in-flight requests are probing the key; don't pile on
-        limit = self.settings.max_in_flight
-        started = self._multi.active
-        for st in self._parts.values():
-            if self._in_flight >= limit:
-                break
-            if st.in_flight is not None:
+    def _collect(self, now: float) -> None:
+        for result in self._dispatch.results():
+            rejected = self._ledger.result(result, now)
+            if rejected is None:
+                if result.error is not None:
+                    log.error(
+                        "delivery failed unexpectedly; retrying the batch",
+                        exc_info=result.error,
+                        extra={"topic": result.job.key[0], "partition": result.job.key[1]},
+                    )
                 continue
-            if st.retry_batch is not None:
-                if now < st.retry_at:
-                    continue
-                batch, st.retry_batch = st.retry_batch, None
-            else:
-                batch = st.batcher.take(now, flush)
-                if batch is None:
-                    continue
-            job: DeliveryJob[Message] = DeliveryJob(st.tp, batch, st.generation)
-            st.in_flight = job
-            self._in_flight += 1
-            if self._pacer.try_reserve():
-                self._multi.start(batch.route, batch.body, job)
-            else:
-                job.arm()
-                self._pool.submit(self._run_job, job)
-        if self._multi.active > started:
-            self._multi.send()
-
-    def _run_job(
-        self, job: DeliveryJob[Message], first: Response | TransportError | None = None
-    ) -> None:
-        self._done.put(self._deliverer.deliver(job, first))
-
-    def _collect(self) -> None:
-        for job, outcome in self._multi.poll():
-            if isinstance(outcome, Response) and outcome.status == 200:
-                self._apply(self._deliverer.deliver(job, outcome))
-            else:
-                job.arm()
-                self._pool.submit(self._run_job, job, outcome)
-        while True:
-            try:
-                result = self._done.get_nowait()
-            except queue.Empty:
-                return
-            self._apply(result)
-
-    def _apply(self, result: DeliveryResult[Message]) -> None:
-        job = result.job
-        self._in_flight -= 1
-        st = self._parts.get(job.key)
-        if st is None or st.generation != job.generation or st.in_flight is not job:
-            return  # revoked or lost meanwhile: the new owner re-reads from the commit
-        st.in_flight = None
-        if result.abandoned:
-            return
-        if result.error is not None:
-            log.error(
-                "delivery failed unexpectedly; retrying the batch",
-                exc_info=result.error,
-                extra={"topic": job.key[0], "partition": job.key[1]},
-            )
-            st.retry_batch, st.retry_at = job.batch, time.monotonic() + 1.0
-            return
-        self._buffered_bytes -= job.batch.payload_bytes
-        if result.accepted:
-            n = len(result.accepted)
-            st.offsets.finish_many(map(_OFFSET, result.accepted))
-            self.metrics.events_delivered.inc(n)
-            self.stats["delivered"] += n
-        if result.requests:
-            self.stats["batches"] += 1
-            self.stats["requests"] += result.requests
-            self.metrics.batch_size.observe(len(result.accepted) or len(job.batch.items))
-        for rejection in result.rejected:
-            self._dead_letter_rejection(st, rejection)
-
-    def _dead_letter_rejection(self, st: PartitionState, rej: Rejection[Message]) -> None:
-        self._dead_letter(st, rej.item.ref, "api_rejected", rej.detail, http_status=rej.status)
-
-    # ---- flow control ----
-
-    def _manage_pauses(self, consumer: Consumer) -> None:
-        if not self._parts or self._draining:
-            return  # while draining everything stays paused
-        cap_total = self.settings.max_buffered_bytes
-        over_total = self._buffered_bytes >= cap_total
-        cap_part_bytes = max(
-            self.settings.batch_max_bytes,
-            min(40 * self.settings.batch_max_bytes, cap_total // len(self._parts)),
-        )
-        to_pause: list[PartitionState] = []
-        to_resume: list[PartitionState] = []
-        for st in self._parts.values():
-            full = (
-                st.batcher.pending_events >= self._part_cap_events
-                or st.batcher.pending_bytes >= cap_part_bytes
-            )
-            if not st.paused and (full or (over_total and st.batcher.pending_events)):
-                to_pause.append(st)
-            elif (
-                st.paused
-                and not over_total
-                and (
-                    st.batcher.pending_events < self._part_cap_events // 2
-                    and st.batcher.pending_bytes < cap_part_bytes // 2
+            job = result.job
+            if result.accepted:
+                n = len(result.accepted)
+                self.metrics.events_delivered.inc(n)
+                self.stats["delivered"] += n
+            if result.requests:
+                self.stats["batches"] += 1
+                self.stats["requests"] += result.requests
+                self.metrics.batch_size.observe(len(result.accepted) or len(job.batch.items))
+            for rej in rejected:
+                self._dead_letter(
+                    job.key, job.generation, rej.item.ref, "api_rejected", rej.detail, rej.status
                 )
-            ):
-                to_resume.append(st)
-        if to_pause:
-            consumer.pause([TopicPartition(*st.tp) for st in to_pause])
-            for st in to_pause:
-                st.paused = True
-            self.metrics.pauses.labels("buffer_full").inc(len(to_pause))
-        if to_resume:
-            consumer.resume([TopicPartition(*st.tp) for st in to_resume])
-            for st in to_resume:
-                st.paused = False
-        if to_pause or to_resume:
-            self.metrics.partitions_paused.set(sum(st.paused for st in self._parts.values()))
-        self.metrics.buffered_bytes.set(self._buffered_bytes)
 
-    # ---- commits ----
+    # ---- pauses, resumes, commits ----
 
-    def _commit(self, consumer: Consumer, asynchronous: bool, only: list[TP] | None = None) -> None:
-        self._last_commit = time.monotonic()
-        offsets: list[TopicPartition] = []
-        for tp in only if only is not None else list(self._parts):
-            st = self._parts.get(tp)
-            if st is None:
-                continue
-            target = st.offsets.needs_commit()
-            self.metrics.commit_lag.labels(tp[0], str(tp[1])).set(st.offsets.outstanding)
-            if target is not None:
-                offsets.append(TopicPartition(tp[0], tp[1], target))
-        if not offsets:
-            return
-        if asynchronous:
-            consumer.commit(offsets=offsets, asynchronous=True)
-            return
+    def _carry_out_pending(self, consumer: Any) -> None:
+        pending, self._pending = self._pending, []
+        for act in pending:
+            self._carry_out(consumer, act)
+
+    def _carry_out(self, consumer: Any, act: Actions) -> None:
+        owned = self._ledger.parts
+        pause = [TopicPartition(*tp) for tp in act.pause if tp in owned]
+        resume = [TopicPartition(*tp) for tp in act.resume if tp in owned]
         try:
-            result = consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            self.metrics.commits.labels("error").inc()
-            log.warning("commit failed", extra={"error": str(exc)})
-            return
-        self._on_commit(None, result)
+            if pause:
+                consumer.pause(pause)
+            if resume:
+                consumer.resume(resume)
+        except KafkaException as exc:  # a partition that went meanwhile
+            log.warning("pause/resume failed", extra={"error": str(exc)})
+        for cause, n in act.paused_by.items():
+            self.metrics.pauses.labels(cause).inc(n)
+        if act.check_committed:
+            self._check_committed(consumer, act.check_committed)
+        self.metrics.partitions_paused.set(self._ledger.paused_count)
 
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        if err is not None and err.code() != KafkaError._NO_OFFSET:
-            self.metrics.commits.labels("error").inc()
-            log.warning("commit failed", extra={"error": err.str()})
-            return
+    def _check_committed(self, consumer: Any, tps: list[TP]) -> None:
+        """Partitions back with a remembered watermark: where does the group stand?"""
+        try:
+            found = consumer.committed([TopicPartition(*tp) for tp in tps], _COMMITTED_QUERY_S)
+        except KafkaException as exc:
+            log.warning("committed offsets unknown", extra={"error": str(exc)})
+            return  # the first records read will tell (ledger.records_read)
+        for tp in found:
+            if tp.error is None:
+                self._ledger.group_offset((tp.topic, tp.partition), tp.offset)
+
+    def _commit_async(self, consumer: Any, targets: list[tuple[TP, int]]) -> None:
+        try:
+            consumer.commit(offsets=_tps(targets), asynchronous=True)
+        except KafkaException as exc:
+            self._commit_failed(targets, str(exc))
+
+    def _commit_sync(self, consumer: Any, targets: list[tuple[TP, int]]) -> bool:
+        """Commit and wait; True when every partition's commit was confirmed."""
+        try:
+            result = consumer.commit(offsets=_tps(targets), asynchronous=False)
+        except KafkaException as exc:
+            self._commit_failed(targets, str(exc))
+            return False
+        return self._on_commit(None, result or [])
+
+    def _commit_failed(self, targets: list[tuple[TP, int]], error: str) -> None:
+        self.metrics.commits.labels("error").inc()
+        log.warning("commit failed", extra={"error": error})
+        now = time.monotonic()
+        for tp, offset in targets:
+            self._ledger.commit_result(tp, offset, False, now)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> bool:
+        now = time.monotonic()
+        if err is not None and err.code() == KafkaError._NO_OFFSET:
+            return True
+        ok_all = True
         for tp in partitions:
-            if tp.error is not None:
-                self.metrics.commits.labels("error").inc()
+            error = err if err is not None else tp.error
+            ok = error is None
+            ok_all &= ok
+            self._ledger.commit_result((tp.topic, tp.partition), tp.offset, ok, now)
+            self.metrics.commits.labels("ok" if ok else "error").inc()
+            if not ok:
                 log.warning(
                     "commit failed for partition",
-                    extra={"topic": tp.topic, "partition": tp.partition, "error": str(tp.error)},
+                    extra={"topic": tp.topic, "partition": tp.partition, "error": str(error)},
                 )
-                continue
-            st = self._parts.get((tp.topic, tp.partition))
-            if st is not None and tp.offset >= 0:
-                st.offsets.mark_committed(tp.offset)
-            self.metrics.commits.labels("ok").inc()
+        return ok_all
+
+    def _sweep(self, now: float) -> None:
+        """Once a second: overdue commits, per-partition progress, the stall check."""
+        self._next_sweep = now + _SWEEP_S
+        led = self._ledger
+        led.sweep(now)
+        for tp, part in led.parts.items():
+            gauges = self._gauges.get(tp)
+            if gauges is None:
+                labels = (tp[0], str(tp[1]))
+                gauges = self._gauges[tp] = (
+                    self.metrics.commit_lag.labels(*labels),
+                    self.metrics.partition_commit_age.labels(*labels),
+                    self.metrics.partition_uncommitted.labels(*labels),
+                )
+            gauges[0].set(part.offsets.outstanding)
+            gauges[1].set(now - part.last_progress)
+            gauges[2].set(part.offsets.finished_uncommitted)
+        self.metrics.buffered_bytes.set(led.buffered_bytes)
+        self.health.stalled(led.stalled_for(now))
+
+    def _drop_gauges(self, tps: list[TP]) -> None:
+        for tp in tps:
+            if self._gauges.pop(tp, None) is not None:
+                labels = (tp[0], str(tp[1]))
+                for gauge in (
+                    self.metrics.commit_lag,
+                    self.metrics.partition_commit_age,
+                    self.metrics.partition_uncommitted,
+                ):
+                    gauge.remove(*labels)
 
     # ---- rebalances (run inside consume, on this thread) ----
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("assign").inc()
-        for tp in partitions:
-            self._generation += 1
-            key = (tp.topic, tp.partition)
-            self._parts[key] = PartitionState(
-                key,
-                self._generation,
-                PartitionBatcher(
-                    self.settings.batch_max_events, self.settings.batch_max_bytes, self._linger_s
-                ),
-            )
-        self.metrics.partitions_assigned.set(len(self._parts))
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        # pause or resume each once the assignment is in place, after this callback
+        self._pending.append(self._ledger.assigned(tps, time.monotonic()))
+        self.metrics.partitions_assigned.set(len(self._ledger.parts))
         self.health.joined()
-        log.info(
-            "partitions assigned",
-            extra={"partitions": [f"{tp.topic}:{tp.partition}" for tp in partitions]},
-        )
+        log.info("partitions assigned", extra={"partitions": [f"{t}:{p}" for t, p in tps]})
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         """Finish what is in flight for these partitions (bounded), commit it, let go."""
         self.metrics.rebalances.labels("revoke").inc()
-        keys = [
-            (tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in self._parts
+        led = self._ledger
+        tps = [
+            (tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in led.parts
         ]
-        deadline = time.monotonic() + min(
-            _REVOKE_WAIT_S, max(self.settings.shutdown_timeout_s, 1.0)
-        )
-        while time.monotonic() < deadline and any(
-            self._parts[k].in_flight is not None or self._parts[k].dlq_unacked for k in keys
-        ):
-            self._collect()
-            self._dlq.service(0.01)
-            time.sleep(0.005)
-        self._collect()
-        self._commit(consumer, asynchronous=False, only=keys)
-        self._forget(consumer, keys, resume=True)
-        log.info("partitions revoked", extra={"partitions": [f"{t}:{p}" for t, p in keys]})
+        if self._stop_at is not None:
+            deadline = self._deadline - self._close_reserve
+        else:
+            deadline = time.monotonic() + min(
+                _REVOKE_WAIT_S, max(self.settings.shutdown_timeout_s, 1.0)
+            )
+        while time.monotonic() < deadline and self._revoke_waits(tps):
+            self._collect(time.monotonic())
+            self._dlq.service(0.005)
+            self._dispatch.wait(0.005)
+        self._collect(time.monotonic())
+        targets = led.revoke_targets(tps)
+        if targets and not self._commit_sync(consumer, targets):
+            log.warning(
+                "commit before revoke failed; the new owner may resend",
+                extra={"count": len(targets)},
+            )
+        self._let_go(tps, lost=False)
 
-    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _revoke_waits(self, tps: list[TP]) -> bool:
+        """In flight (unless the key is refused: that cannot finish now) or DLQ-unacked."""
+        halted = self.health.halted
+        for tp in tps:
+            part = self._ledger.parts.get(tp)
+            if part is not None and (
+                part.dlq_unacked or (part.in_flight is not None and not halted)
+            ):
+                return True
+        return False
+
+    def _on_lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         """Someone else may own these already: commit nothing, abandon their work."""
         self.metrics.rebalances.labels("lost").inc()
-        keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._forget(consumer, keys, resume=False)
-        log.warning("partitions lost", extra={"partitions": [f"{t}:{p}" for t, p in keys]})
+        self._let_go([(tp.topic, tp.partition) for tp in partitions], lost=True)
 
-    def _forget(self, consumer: Consumer, keys: list[TP], resume: bool) -> None:
-        paused = []
-        for key in keys:
-            st = self._parts.pop(key, None)
-            if st is None:
-                continue
-            if st.in_flight is not None:
-                st.in_flight.cancel()
-            self._buffered_bytes -= sum(len(i.raw) for i in st.batcher.clear())
-            if st.in_flight is not None:
-                self._buffered_bytes -= st.in_flight.batch.payload_bytes
-            if st.paused:
-                paused.append(TopicPartition(*key))
-            with contextlib.suppress(KeyError):  # no commit was tried for it yet
-                self.metrics.commit_lag.remove(key[0], str(key[1]))
-        if resume and paused:
-            with contextlib.suppress(KafkaException):
-                consumer.resume(paused)
-        self.metrics.partitions_assigned.set(len(self._parts))
-        self.metrics.partitions_paused.set(sum(st.paused for st in self._parts.values()))
+    def _let_go(self, tps: list[TP], lost: bool) -> None:
+        led = self._ledger
+        if lost:
+            led.lost(tps, time.monotonic())
+        else:
+            led.revoked(tps, time.monotonic())
+        cancelled = 0
+        for tp in tps:
+            for record in self._dlq_by_tp.pop(tp, []):
+                record.cancelled = True
+                cancelled += 1
+        if cancelled:
+            self._dlq.discard_cancelled()
+        self._drop_gauges(tps)
+        self.metrics.partitions_assigned.set(len(led.parts))
+        self.metrics.partitions_paused.set(led.paused_count)
+        names = [f"{t}:{p}" for t, p in tps]
+        if lost:
+            log.warning("partitions lost", extra={"partitions": names})
+        else:
+            log.info("partitions revoked", extra={"partitions": names})
 
-    # ---- shutdown ----
+    # ---- stopping: all of it within GR_SHUTDOWN_TIMEOUT_S ----
 
-    def _busy(self) -> bool:
-        return bool(
-            self._in_flight
-            or self._dlq.pending
-            or any(st.batcher.pending_events or st.retry_batch for st in self._parts.values())
-        )
-
-    def _drain(self, consumer: Consumer) -> None:
-        """Stop fetching, deliver what is held within the shutdown timeout."""
+    def _drain(self, consumer: Any) -> None:
+        """Stop fetching; deliver what is held and commit it, across rebalances, in time."""
         self.health.stopping()
-        self._draining = True
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
-        if self._parts:
-            consumer.pause([TopicPartition(*tp) for tp in self._parts])
-            for st in self._parts.values():
-                st.paused = True
+        led = self._ledger
+        self._carry_out(consumer, led.drain())
+        deadline = self._deadline - self._close_reserve
         log.info("draining", extra={"timeout_s": self.settings.shutdown_timeout_s})
-        while self._busy() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (led.busy() or led.uncommitted()):
             self._turn(consumer, flush=True)
-        if self._busy():
+        if led.busy():
             log.warning("shutdown timeout reached; undelivered events stay uncommitted")
+        elif led.uncommitted():
+            log.warning("shutdown timeout reached; delivered events not committed")
 
-    def _shutdown(self, consumer: Consumer, commit: bool) -> None:
-        for st in self._parts.values():
-            if st.in_flight is not None:
-                st.in_flight.cancel()
+    def _shutdown(self, consumer: Any, commit: bool) -> None:
+        """Leave the group and let go of everything, whatever state the loop left."""
+        for part in self._ledger.parts.values():
+            if part.in_flight is not None:
+                part.in_flight.cancel()
         if commit:
-            self._collect()
-            self._commit(consumer, asynchronous=False)
+            try:
+                self._collect(time.monotonic())
+                targets = self._ledger.uncommitted()
+                if targets and time.monotonic() < self._deadline:
+                    self._commit_sync(consumer, targets)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("final commit failed", extra={"error": str(exc)})
         try:
             consumer.close()  # leaves the group now, not after session.timeout.ms
-        except (KafkaException, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001
             log.warning("consumer close failed", extra={"error": str(exc)})
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._multi.close()
-        left = self._dlq.close(5.0)
+        self._dispatch.close()
+        left = self._dlq.close(max(0.0, min(_CLOSE_MAX_S, self._deadline - time.monotonic())))
         if left:
             log.warning("dlq records unacknowledged at exit", extra={"count": left})
-        self._client.close()
         log.info("stopped", extra=dict(self.stats))

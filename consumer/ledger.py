@@ -1,0 +1,533 @@
+"""Every owned partition's state, and the one place that decides what is safe to commit.
+
+Pure bookkeeping, no I/O: the worker tells the ledger what happened (records
+read, a batch sent, its result, a DLQ acknowledgement, a rebalance, the key
+refused or accepted again, a commit confirmed) and carries out what the
+ledger answers (pause, resume, commit, check where the group stands).
+
+When is it safe to commit? The commit sequence, step by step:
+
+1. Records are read: every offset joins its partition's outstanding list
+   (`records_read`), valid events go to the partition's batcher, poison to
+   the DLQ (`poison`).
+2. An offset is finished when the API accepted it (200, `result`) or the DLQ
+   acknowledged it (`dlq_acked`); only the generation that read it may
+   finish it.
+3. The committable offset is one past the longest finished prefix
+   (`PartitionOffsets`): everything below it reached the API or the DLQ.
+4. Whenever it moves past what was committed, the partition is due a
+   commit: `commits_due` hands them out, asynchronously, at most once per
+   `commit_interval_s` for the whole worker.
+5. A commit's answer comes back in `commit_result`: confirmed, or due again
+   (REBALANCE_IN_PROGRESS, ILLEGAL_GENERATION, a coordinator away).
+6. Before a partition is revoked (`revoke_targets`, then `revoked`) what it
+   has finished is committed synchronously, while this member still owns it.
+7. A lost partition may be someone else's already: nothing is committed for
+   it. What it had delivered is remembered for `remember_s`; if this worker
+   gets it back, it starts from the higher of that and the group's offset
+   (`assigned`, `group_offset`), and skips what it already delivered.
+8. On stop (`drain`) fetching pauses and the worker delivers and commits
+   until nothing is left uncommitted or its time is up; commits that fail
+   across a concurrent rebalance are retried after the rejoin (step 5).
+9. Delivery runs at most `max_uncommitted` finished events ahead of the
+   last commit per partition, and not at all while that partition's commits
+   are refused: past that it pauses (`uncommitted`) until a commit succeeds.
+   What a crash can make the next owner resend stays small.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any
+
+from consumer.batching import Batch, Item, PartitionBatcher
+from consumer.delivery import DeliveryJob, DeliveryResult, Rejection
+from consumer.events import Route
+from consumer.offsets import PartitionOffsets
+
+TP = tuple[str, int]
+
+BUFFER_FULL = "buffer_full"
+UNCOMMITTED = "uncommitted"
+DRAINING = "draining"
+# a commit unanswered for this long counts as refused: delivery holds
+COMMIT_ANSWER_S = 0.25
+PAUSE_CAUSES = (BUFFER_FULL, UNCOMMITTED, DRAINING)
+
+_OFFSET = itemgetter(0)  # Item.offset, read in C
+
+
+@dataclass(slots=True)
+class Part:
+    """One owned partition."""
+
+    tp: TP
+    generation: int
+    batcher: PartitionBatcher[Any]
+    assigned_at: float
+    offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
+    in_flight: DeliveryJob[Any] | None = None
+    retry_batch: Batch[Any] | None = None
+    retry_at: float = 0.0
+    dlq_unacked: int = 0
+    # why fetching is paused; `fetch_paused` is what librdkafka was told
+    reasons: set[str] = field(default_factory=set)
+    fetch_paused: bool = False
+    # records below it were delivered by this worker before it lost the partition
+    floor: int = -1
+    commit_sent: int = -1
+    commit_sent_at: float = 0.0
+    # the last commit was refused (a rebalance, the coordinator away), or one has
+    # waited for its answer since `awaiting_since` (-1: none): delivery holds
+    commit_failing: bool = False
+    awaiting_since: float = -1.0
+    last_progress: float = 0.0  # a commit confirmed (or the assignment)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing in flight and no DLQ write unacknowledged."""
+        return self.in_flight is None and not self.dlq_unacked
+
+    @property
+    def holding(self) -> bool:
+        """Anything left to deliver."""
+        return bool(
+            self.in_flight is not None
+            or self.retry_batch is not None
+            or self.batcher.pending_events
+            or self.dlq_unacked
+        )
+
+
+@dataclass(slots=True)
+class Actions:
+    """What the worker must do with the consumer."""
+
+    pause: list[TP] = field(default_factory=list)
+    resume: list[TP] = field(default_factory=list)
+    # partitions came back with a remembered watermark: ask where the group stands
+    check_committed: list[TP] = field(default_factory=list)
+    # pause counts by cause, for the metric
+    paused_by: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.pause or self.resume or self.check_committed)
+
+
+@dataclass(slots=True)
+class _Gone:
+    part: Part
+    at: float
+
+
+class Ledger:
+    """All partitions' state; one method per happening."""
+
+    def __init__(
+        self,
+        *,
+        batch_max_events: int,
+        batch_max_bytes: int,
+        linger_s: float,
+        max_buffered_bytes: int,
+        max_uncommitted: int,
+        commit_interval_s: float = 0.075,
+        remember_s: float = 300.0,
+        part_cap_events: int | None = None,
+    ) -> None:
+        self._max_events = batch_max_events
+        self._max_bytes = batch_max_bytes
+        self._linger_s = linger_s
+        self.max_buffered_bytes = max_buffered_bytes
+        self.max_uncommitted = max_uncommitted
+        self._commit_interval = commit_interval_s
+        self._remember_s = remember_s
+        # Pausing a partition makes librdkafka drop what it prefetched for it,
+        # so pauses must be rare in normal flow: forty batches per partition
+        # (bench/: four batches gave 11.9k events/s, forty 25.6k).
+        self._part_cap_events = part_cap_events or 40 * batch_max_events
+        self.parts: dict[TP, Part] = {}
+        self._gone: dict[TP, _Gone] = {}
+        self._generation = 0
+        self.buffered_bytes = 0
+        self.in_flight = 0
+        self.halted = False
+        self.draining = False
+        self._dirty: set[TP] = set()
+        self._next_commit_at = 0.0
+
+    # ---- rebalances ----
+
+    def assigned(self, tps: Iterable[TP], now: float) -> Actions:
+        """New partitions. Each is resumed (librdkafka keeps a pause flag from before a
+        loss), or paused when draining; one lost lately gets its watermark back."""
+        act = Actions()
+        for tp in tps:
+            if tp in self.parts:
+                continue
+            self._generation += 1
+            part = Part(
+                tp,
+                self._generation,
+                PartitionBatcher(self._max_events, self._max_bytes, self._linger_s),
+                now,
+                last_progress=now,
+            )
+            self.parts[tp] = part
+            gone = self._gone.pop(tp, None)
+            if gone is not None and now - gone.at <= self._remember_s:
+                mark = gone.part.offsets.committable
+                if mark is not None:
+                    part.floor = mark
+                    act.check_committed.append(tp)
+            if self.draining:
+                part.reasons.add(DRAINING)
+                part.fetch_paused = True
+                act.pause.append(tp)
+            else:
+                act.resume.append(tp)
+        return act
+
+    def group_offset(self, tp: TP, committed: int | None) -> None:
+        """Where the group stands for a partition that came back with a watermark.
+
+        Below the watermark: count what this worker delivered as finished
+        and commit the watermark. At or above it: nothing to skip.
+        """
+        part = self.parts.get(tp)
+        if part is None or part.floor < 0 or part.offsets.last_read is not None:
+            return
+        if committed is not None and committed >= part.floor:
+            part.floor = -1
+            return
+        part.offsets.start_at(
+            part.floor, committed if committed is not None and committed >= 0 else None
+        )
+        self._dirty.add(tp)
+
+    def revoke_targets(self, tps: Iterable[TP]) -> list[tuple[TP, int]]:
+        """The commits to make, synchronously, before these partitions go."""
+        out = []
+        for tp in tps:
+            part = self.parts.get(tp)
+            if part is not None:
+                target = part.offsets.needs_commit()
+                if target is not None:
+                    out.append((tp, target))
+        return out
+
+    def revoked(self, tps: Iterable[TP], now: float) -> list[Part]:
+        """Let go: cancel what is in flight, drop what is held, remember the watermark."""
+        return self._forget(tps, now)
+
+    def lost(self, tps: Iterable[TP], now: float) -> list[Part]:
+        """The same bookkeeping as a revoke; the worker commits nothing for these."""
+        return self._forget(tps, now)
+
+    def _forget(self, tps: Iterable[TP], now: float) -> list[Part]:
+        gone = []
+        for tp in tps:
+            part = self.parts.pop(tp, None)
+            if part is None:
+                continue
+            self._dirty.discard(tp)
+            job = part.in_flight
+            if job is not None:
+                # still counted in flight until its thread or socket gives it back
+                job.cancel()
+                self.buffered_bytes -= job.batch.payload_bytes
+                part.in_flight = None
+            if part.retry_batch is not None:
+                self.buffered_bytes -= part.retry_batch.payload_bytes
+                part.retry_batch = None
+            self.buffered_bytes -= part.batcher.pending_bytes
+            part.batcher.clear()
+            self._gone[tp] = _Gone(part, now)
+            gone.append(part)
+        self._expire(now)
+        return gone
+
+    def _expire(self, now: float) -> None:
+        if len(self._gone) > 0:
+            for tp in [tp for tp, g in self._gone.items() if now - g.at > self._remember_s]:
+                del self._gone[tp]
+
+    # ---- records in ----
+
+    def records_read(
+        self, part: Part, offsets: list[int], items: list[Item[Any]], nbytes: int, sessions: int
+    ) -> None:
+        """A run of records of one partition, in order: all offsets, the valid events."""
+        if part.floor > offsets[0]:
+            offsets, items, nbytes, sessions = self._above_floor(part, offsets, items)
+            if not offsets:
+                return
+        part.offsets.read_many(offsets)
+        if items:
+            part.batcher.add_many(items, nbytes, sessions)
+            self.buffered_bytes += nbytes
+
+    def _above_floor(
+        self, part: Part, offsets: list[int], items: list[Item[Any]]
+    ) -> tuple[list[int], list[Item[Any]], int, int]:
+        """Drop what this worker already delivered before it lost the partition."""
+        floor = part.floor
+        if part.offsets.last_read is None:
+            part.offsets.start_at(floor, None)
+            self._dirty.add(part.tp)
+        offsets = offsets[bisect_left(offsets, floor) :]
+        items = [i for i in items if i.offset >= floor]
+        nbytes = sum(len(i.raw) for i in items)
+        sessions = sum(1 for i in items if i.route is not Route.BATCH)
+        return offsets, items, nbytes, sessions
+
+    def below_floor(self, part: Part, offset: int) -> bool:
+        """A record this worker already delivered (or dead-lettered) before a loss."""
+        return offset < part.floor
+
+    def poison(self, part: Part) -> int:
+        """A record goes to the DLQ; returns the generation its acknowledgement must name."""
+        part.dlq_unacked += 1
+        return part.generation
+
+    def dlq_acked(self, tp: TP, generation: int, offset: int) -> None:
+        part = self.parts.get(tp)
+        if part is None or part.generation != generation:
+            gone = self._gone.get(tp)
+            if gone is not None and gone.part.generation == generation:
+                gone.part.offsets.finish(offset)  # it counts for the watermark kept
+            return
+        part.dlq_unacked -= 1
+        part.offsets.finish(offset)
+        self._dirty.add(tp)
+
+    # ---- delivery ----
+
+    def next_jobs(self, now: float, flush: bool, limit: int) -> list[DeliveryJob[Any]]:
+        """Batches to send now: one in flight per partition, `limit` in all.
+
+        While the key is refused only one job goes out, to probe it: the
+        halt lifts when a probe succeeds, even after a rebalance cancelled
+        the jobs that were probing.
+        """
+        if self.halted:
+            limit = 1
+        room = limit - self.in_flight
+        if room <= 0:
+            return []
+        jobs: list[DeliveryJob[Any]] = []
+        ahead_cap = self.max_uncommitted
+        for part in self.parts.values():
+            if part.in_flight is not None or UNCOMMITTED in part.reasons:
+                continue
+            if not self.draining and self._too_far_ahead(part, ahead_cap, now):
+                continue  # flow() pauses it; nothing more goes out meanwhile
+            batch = part.retry_batch
+            if batch is not None:
+                if now < part.retry_at:
+                    continue
+                part.retry_batch = None
+            else:
+                batch = part.batcher.take(now, flush)
+                if batch is None:
+                    continue
+            job: DeliveryJob[Any] = DeliveryJob(part.tp, batch, part.generation)
+            part.in_flight = job
+            jobs.append(job)
+            room -= 1
+            if room == 0:
+                break
+        self.in_flight += len(jobs)
+        return jobs
+
+    @staticmethod
+    def _too_far_ahead(part: Part, cap: int, now: float) -> bool:
+        """Past the bound, or anything uncommitted while its commits are refused or
+        go unanswered (the coordinator away: librdkafka holds the request)."""
+        ahead = part.offsets.finished_uncommitted
+        if ahead >= cap:
+            return True
+        if not ahead:
+            return False
+        return part.commit_failing or (
+            part.awaiting_since >= 0 and now - part.awaiting_since > COMMIT_ANSWER_S
+        )
+
+    def next_due_in(self, now: float, cap: float) -> float:
+        """How long the loop may wait for records before a batch is due."""
+        wait = cap
+        for part in self.parts.values():
+            if part.in_flight is None:
+                due = part.batcher.due_in(now)
+                if due is not None and due < wait:
+                    wait = due
+        return wait
+
+    def result(self, result: DeliveryResult[Any], now: float) -> list[Rejection[Any]] | None:
+        """A job came back. Returns its rejections to dead-letter, None when it no longer counts."""
+        job = result.job
+        self.in_flight -= 1
+        part = self.parts.get(job.key)
+        if part is None or part.generation != job.generation or part.in_flight is not job:
+            gone = self._gone.get(job.key)
+            if gone is not None and gone.part.generation == job.generation and result.accepted:
+                # delivered after the partition went: it counts for the watermark kept
+                gone.part.offsets.finish_many(map(_OFFSET, result.accepted))
+            return None
+        part.in_flight = None
+        if result.abandoned:
+            self.buffered_bytes -= job.batch.payload_bytes
+            return None
+        if result.error is not None:
+            part.retry_batch, part.retry_at = job.batch, now + 1.0
+            return None
+        self.buffered_bytes -= job.batch.payload_bytes
+        if result.accepted:
+            part.offsets.finish_many(map(_OFFSET, result.accepted))
+            self._dirty.add(part.tp)
+        for _ in result.rejected:
+            part.dlq_unacked += 1
+        return result.rejected
+
+    def key_halted(self) -> None:
+        self.halted = True
+
+    def key_ok(self) -> None:
+        self.halted = False
+
+    # ---- commits ----
+
+    def commits_due(self, now: float) -> list[tuple[TP, int]]:
+        """Partitions whose committable offset moved past what was sent, throttled."""
+        if not self._dirty or now < self._next_commit_at:
+            return []
+        out = []
+        for tp in self._dirty:
+            part = self.parts.get(tp)
+            if part is None:
+                continue
+            target = part.offsets.needs_commit()
+            if target is not None and target != part.commit_sent:
+                part.commit_sent, part.commit_sent_at = target, now
+                if part.awaiting_since < 0:
+                    part.awaiting_since = now
+                out.append((tp, target))
+        self._dirty.clear()
+        if out:
+            self._next_commit_at = now + self._commit_interval
+        return out
+
+    def commit_result(self, tp: TP, offset: int, ok: bool, now: float) -> None:
+        part = self.parts.get(tp)
+        if part is None:
+            return
+        part.commit_failing = not ok
+        if not ok or offset >= part.commit_sent:
+            part.awaiting_since = -1.0  # answered
+        else:
+            part.awaiting_since = now  # an older one: the newer waits from here
+        if ok:
+            if offset >= part.commit_sent:
+                part.commit_sent = -1
+            if offset >= 0:
+                before = part.offsets.committed
+                part.offsets.mark_committed(offset)
+                if before is None or offset > before:
+                    part.last_progress = now
+        else:
+            if part.commit_sent == offset:
+                part.commit_sent = -1
+            self._dirty.add(tp)
+
+    def sweep(self, now: float) -> None:
+        """Once a second: commits sent long ago without an answer are due again."""
+        for tp, part in self.parts.items():
+            if part.offsets.needs_commit() is not None:
+                if part.commit_sent >= 0 and now - part.commit_sent_at > 2.0:
+                    part.commit_sent = -1
+                self._dirty.add(tp)
+            elif not (part.holding or part.offsets.outstanding):
+                part.last_progress = now  # idle is not stalled
+        self._expire(now)
+
+    def uncommitted(self) -> list[tuple[TP, int]]:
+        """Everything finished and not yet committed, as commit targets."""
+        out = []
+        for tp, part in self.parts.items():
+            target = part.offsets.needs_commit()
+            if target is not None:
+                out.append((tp, target))
+        return out
+
+    # ---- flow control ----
+
+    def flow(self, now: float) -> Actions:
+        """Pause or resume fetching: buffers full, or delivery too far ahead of commits."""
+        act = Actions()
+        parts = self.parts
+        if not parts or self.draining:
+            return act
+        cap_total = self.max_buffered_bytes
+        over_total = self.buffered_bytes >= cap_total
+        cap_bytes = max(self._max_bytes, min(40 * self._max_bytes, cap_total // len(parts)))
+        cap_events = self._part_cap_events
+        ahead_cap = self.max_uncommitted
+        for part in parts.values():
+            reasons = part.reasons
+            pending = part.batcher.pending_events
+            pbytes = part.batcher.pending_bytes
+            if BUFFER_FULL in reasons:
+                if not over_total and pending < cap_events // 2 and pbytes < cap_bytes // 2:
+                    reasons.discard(BUFFER_FULL)
+            elif pending >= cap_events or pbytes >= cap_bytes or (over_total and pending):
+                reasons.add(BUFFER_FULL)
+                act.paused_by[BUFFER_FULL] = act.paused_by.get(BUFFER_FULL, 0) + 1
+            if UNCOMMITTED in reasons:
+                if not self._too_far_ahead(part, ahead_cap, now):
+                    reasons.discard(UNCOMMITTED)
+            elif self._too_far_ahead(part, ahead_cap, now):
+                reasons.add(UNCOMMITTED)
+                act.paused_by[UNCOMMITTED] = act.paused_by.get(UNCOMMITTED, 0) + 1
+            if reasons and not part.fetch_paused:
+                part.fetch_paused = True
+                act.pause.append(part.tp)
+            elif not reasons and part.fetch_paused:
+                part.fetch_paused = False
+                act.resume.append(part.tp)
+        return act
+
+    def drain(self) -> Actions:
+        """Stop: no more fetching anywhere; deliver and commit what is held."""
+        self.draining = True
+        act = Actions()
+        for part in self.parts.values():
+            part.reasons.add(DRAINING)
+            part.reasons.discard(UNCOMMITTED)  # what is held goes out now
+            if not part.fetch_paused:
+                part.fetch_paused = True
+                act.pause.append(part.tp)
+        return act
+
+    # ---- questions ----
+
+    def busy(self) -> bool:
+        """Anything left to deliver or to acknowledge."""
+        return any(p.holding for p in self.parts.values())
+
+    def unsettled(self, tps: Iterable[TP]) -> bool:
+        return any(not p.settled for tp in tps if (p := self.parts.get(tp)) is not None)
+
+    @property
+    def paused_count(self) -> int:
+        return sum(1 for p in self.parts.values() if p.fetch_paused)
+
+    def stalled_for(self, now: float) -> float:
+        """The longest time an owned partition with work has gone without a commit."""
+        worst = 0.0
+        for part in self.parts.values():
+            if part.holding or part.offsets.outstanding or part.fetch_paused:
+                worst = max(worst, now - part.last_progress)
+        return worst

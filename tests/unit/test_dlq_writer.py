@@ -1,0 +1,133 @@
+"""DlqWriter against a scripted producer: every failure waits and retries, none escapes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from consumer.dlq import DlqRecord, DlqWriter
+
+
+class ScriptedProducer:
+    """Fails `produce` with the given errors in turn, then queues; `poll` acks or fails."""
+
+    def __init__(self, raise_on_produce: list[int] | None = None) -> None:
+        self.raise_on_produce = list(raise_on_produce or [])
+        self.queued: list[tuple[dict[str, Any], Callable[[Any, Any], None]]] = []
+        self.produced: list[dict[str, Any]] = []
+        self.deliver_error: KafkaError | None = None
+        self.purged = False
+
+    def produce(self, topic: str, *, on_delivery: Callable[[Any, Any], None], **kw: Any) -> None:
+        if self.raise_on_produce:
+            raise KafkaException(KafkaError(self.raise_on_produce.pop(0)))
+        self.queued.append((kw, on_delivery))
+        self.produced.append(kw)
+
+    def poll(self, _timeout: float) -> int:
+        queued, self.queued = self.queued, []
+        for _kw, callback in queued:
+            callback(self.deliver_error, None)
+        return len(queued)
+
+    def purge(self) -> None:
+        self.purged = True
+
+
+def record(acks: list[int], value: bytes = b"v") -> DlqRecord:
+    headers = [("gr.dlq.reason", b"invalid_json"), ("gr.dlq.detail", b"not JSON")]
+    return DlqRecord(b"k", value, headers, lambda: acks.append(1))
+
+
+def writer(producers: list[ScriptedProducer], failures: list[str], **kw: Any) -> DlqWriter:
+    made = iter(producers)
+    return DlqWriter(
+        lambda: next(made),
+        "dlq",
+        retry_initial_s=0.0,
+        retry_max_s=0.0,
+        on_failure=failures.append,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("code", [KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART])
+def test_a_produce_error_is_retried_not_raised(code: int) -> None:
+    producer = ScriptedProducer(raise_on_produce=[code, code])
+    failures: list[str] = []
+    acks: list[int] = []
+    w = writer([producer], failures)
+    w.send(record(acks))
+    assert w.pending == 1
+    w.service(0)
+    w.service(0)
+    w.service(0)
+    assert acks == [1]
+    assert len(failures) == 2
+    assert w.pending == 0
+
+
+def test_a_record_too_large_for_the_producer_is_truncated_up_front() -> None:
+    producer = ScriptedProducer()
+    acks: list[int] = []
+    w = writer([producer], [], max_message_bytes=10_000)
+    w.send(record(acks, value=b"x" * 50_000))
+    w.service(0)
+    (sent,) = producer.produced
+    headers = dict(sent["headers"])
+    assert headers["gr.dlq.reason"] == b"too_large"
+    assert headers["gr.dlq.original.reason"] == b"invalid_json"
+    assert headers["gr.dlq.original.size"] == b"50000"
+    assert 0 < len(sent["value"]) < 10_000
+    assert acks == [1]
+
+
+def test_a_size_refusal_from_the_broker_retries_a_smaller_copy() -> None:
+    producer = ScriptedProducer()
+    producer.deliver_error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    failures: list[str] = []
+    acks: list[int] = []
+    w = writer([producer], failures)
+    w.send(record(acks, value=b"x" * 200_000))
+    w.service(0)  # refused by the topic
+    producer.deliver_error = None
+    w.service(0)
+    w.service(0)
+    assert failures == ["MSG_SIZE_TOO_LARGE"]
+    assert len(producer.produced[-1]["value"]) <= 64 * 1024
+    assert acks == [1]
+
+
+def test_a_cancelled_record_is_not_retried() -> None:
+    """Its partition went to another worker, which dead-letters it again."""
+    producer = ScriptedProducer()
+    producer.deliver_error = KafkaError(KafkaError._MSG_TIMED_OUT)
+    acks: list[int] = []
+    w = writer([producer], [])
+    r = record(acks)
+    w.send(r)
+    r.cancelled = True
+    w.service(0)
+    assert w.pending == 0
+    waiting = record(acks)
+    w.send(waiting)
+    w.service(0)  # fails: waits for its retry
+    waiting.cancelled = True
+    assert w.discard_cancelled() == 1
+    assert w.pending == 0
+
+
+def test_a_fatal_producer_is_replaced_after_its_callbacks_not_inside_one() -> None:
+    first, second = ScriptedProducer(), ScriptedProducer()
+    first.deliver_error = KafkaError(KafkaError._FATAL, fatal=True)
+    acks: list[int] = []
+    w = writer([first, second], [])
+    w.send(record(acks))
+    w.service(0)
+    assert first.purged
+    w.service(0)
+    assert acks == [1]
+    assert second.produced

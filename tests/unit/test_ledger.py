@@ -1,0 +1,312 @@
+"""The partition ledger, every happening, without a broker (the production paths:
+`records_read` hands runs to `read_many` and `add_many`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consumer.batching import Item
+from consumer.delivery import DeliveryJob, DeliveryResult, Rejection
+from consumer.events import Route
+from consumer.ledger import BUFFER_FULL, DRAINING, UNCOMMITTED, Ledger
+
+P0, P1 = ("t", 0), ("t", 1)
+RAW = b'{"event_type":"x"}'
+
+
+def ledger(**kw: Any) -> Ledger:
+    args: dict[str, Any] = {
+        "batch_max_events": 10,
+        "batch_max_bytes": 100_000,
+        "linger_s": 0.0,
+        "max_buffered_bytes": 1_000_000,
+        "max_uncommitted": 1000,
+        "commit_interval_s": 0.0,
+    }
+    args.update(kw)
+    return Ledger(**args)
+
+
+def read(
+    led: Ledger, tp: tuple[str, int], offsets: list[int], poison: tuple[int, ...] = ()
+) -> None:
+    """A run as the worker hands it over: every offset, the valid events as items."""
+    items: list[Item[Any]] = [
+        Item(o, RAW, Route.BATCH, None, 0.0) for o in offsets if o not in poison
+    ]
+    led.records_read(led.parts[tp], offsets, items, len(RAW) * len(items), 0)
+
+
+def ok(job: DeliveryJob[Any]) -> DeliveryResult[Any]:
+    return DeliveryResult(job, accepted=list(job.batch.items), requests=1)
+
+
+def deliver_all(led: Ledger, now: float = 1.0) -> None:
+    while jobs := led.next_jobs(now, True, 8):
+        for job in jobs:
+            assert led.result(ok(job), now) == []
+
+
+def test_records_to_commit_target_in_steps() -> None:
+    led = ledger()
+    act = led.assigned([P0], 0.0)
+    assert act.resume == [P0]
+    read(led, P0, list(range(25)))
+    assert led.buffered_bytes == 25 * len(RAW)
+    deliver_all(led)
+    assert led.buffered_bytes == 0
+    assert led.commits_due(2.0) == [(P0, 25)]
+    assert led.commits_due(2.1) == []  # sent, not yet confirmed: not again
+    led.commit_result(P0, 25, True, 2.2)
+    assert led.uncommitted() == []
+
+
+def test_a_failed_commit_is_due_again() -> None:
+    """G: a commit refused across a rebalance (REBALANCE_IN_PROGRESS) is retried."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, [0, 1, 2])
+    deliver_all(led)
+    assert led.commits_due(1.0) == [(P0, 3)]
+    led.commit_result(P0, 3, False, 1.1)
+    assert led.commits_due(1.2) == [(P0, 3)]
+    led.commit_result(P0, 3, True, 1.3)
+    assert led.commits_due(1.4) == []
+
+
+def test_commits_are_throttled() -> None:
+    led = ledger(commit_interval_s=0.075)
+    led.assigned([P0], 0.0)
+    read(led, P0, [0])
+    deliver_all(led)
+    assert led.commits_due(1.0) == [(P0, 1)]
+    read(led, P0, [1])
+    deliver_all(led)
+    assert led.commits_due(1.05) == []
+    assert led.commits_due(1.08) == [(P0, 2)]
+
+
+def test_halted_key_sends_one_probe_even_after_a_rebalance_cancelled_it() -> None:
+    """A: the halt must be lifted by a probe; a revoke cancels the probing job."""
+    led = ledger()
+    led.assigned([P0, P1], 0.0)
+    read(led, P0, list(range(30)))
+    read(led, P1, list(range(30)))
+    led.halted = True
+    (probe,) = led.next_jobs(1.0, True, 8)
+    assert led.next_jobs(1.0, True, 8) == []  # one probe at a time
+    led.revoked([probe.key], 1.5)
+    assert probe.cancelled
+    assert led.result(DeliveryResult(probe, abandoned=True), 1.6) is None
+    led.assigned([probe.key], 2.0)
+    read(led, probe.key, list(range(30, 40)))
+    assert len(led.next_jobs(2.1, True, 8)) == 1  # probing again, nothing to lift it otherwise
+    led.halted = False
+    assert len(led.next_jobs(2.2, True, 8)) == 1  # the other partition
+
+
+def test_every_assigned_partition_is_resumed_and_a_draining_one_paused() -> None:
+    """B: librdkafka keeps a pause flag from before a loss; assign clears it."""
+    led = ledger(max_buffered_bytes=10 * len(RAW))
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(20)))
+    act = led.flow(5.0)
+    assert act.pause == [P0]
+    assert act.paused_by == {BUFFER_FULL: 1}
+    led.lost([P0], 1.0)
+    act = led.assigned([P0], 2.0)
+    assert act.resume == [P0]
+    led.drain()
+    act = led.assigned([P1], 3.0)
+    assert act.pause == [P1]
+    assert DRAINING in led.parts[P1].reasons
+
+
+def test_a_dead_letter_holds_the_commit_until_acknowledged() -> None:
+    """C: until the DLQ takes the record its offset does not finish."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    part = led.parts[P0]
+    read(led, P0, [0, 1, 2], poison=(2,))  # the run up to the poison, its offset included
+    generation = led.poison(part)
+    read(led, P0, [3])
+    deliver_all(led)
+    assert led.commits_due(1.0) == [(P0, 2)]
+    led.dlq_acked(P0, generation, 2)
+    led.commit_result(P0, 2, True, 1.1)
+    assert led.commits_due(1.2) == [(P0, 4)]
+
+
+def test_delivery_stops_past_the_uncommitted_bound_and_resumes_after_a_commit() -> None:
+    """D: behind an unacknowledged DLQ record nothing is committable: a bounded lead."""
+    led = ledger(max_uncommitted=20)
+    led.assigned([P0], 0.0)
+    part = led.parts[P0]
+    read(led, P0, [0], poison=(0,))
+    generation = led.poison(part)
+    read(led, P0, list(range(1, 200)))
+    delivered = 0
+    for _ in range(10):
+        for job in led.next_jobs(1.0, True, 8):
+            delivered += len(job.batch.items)
+            led.result(ok(job), 1.0)
+    assert 20 <= delivered <= 30  # at most one batch past the bound
+    act = led.flow(5.0)
+    assert act.pause == [P0]
+    assert act.paused_by == {UNCOMMITTED: 1}
+    led.dlq_acked(P0, generation, 0)
+    (target,) = led.commits_due(2.0)
+    led.commit_result(P0, target[1], True, 2.1)
+    assert led.flow(5.0).resume == [P0]
+    assert led.next_jobs(2.2, True, 8)
+
+
+def test_revoke_releases_every_byte_and_abandons_the_retry() -> None:
+    """F: a retry batch's bytes left the total when its partition went."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(25)))
+    (job,) = led.next_jobs(1.0, False, 8)
+    led.result(DeliveryResult(job, error=RuntimeError("bug")), 1.0)  # retried in a second
+    assert led.parts[P0].retry_batch is job.batch
+    assert led.next_jobs(1.1, False, 8) == []  # the partition waits for its retry
+    (again,) = led.next_jobs(2.1, False, 8)
+    assert again.batch is job.batch
+    led.result(DeliveryResult(again, error=RuntimeError("bug")), 2.2)
+    led.revoked([P0], 2.5)  # with a retry batch waiting and the rest in the batcher
+    assert led.buffered_bytes == 0
+    assert led.in_flight == 0
+
+
+def test_a_lost_partition_back_on_the_same_worker_starts_from_its_watermark() -> None:
+    """G: what this worker delivered before the loss is not sent again."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(30)))
+    deliver_all(led)  # delivered 0..29, commit never confirmed (the loss)
+    led.lost([P0], 1.0)
+    act = led.assigned([P0], 2.0)
+    assert act.check_committed == [P0]
+    led.group_offset(P0, 10)  # the group still says 10
+    assert led.commits_due(2.1) == [(P0, 30)]
+    read(led, P0, list(range(10, 40)))  # librdkafka fetches from 10: 10..29 are skipped
+    jobs = led.next_jobs(2.2, True, 8)
+    assert [j.batch.items[0].offset for j in jobs] == [30]
+
+
+def test_the_watermark_is_skipped_when_the_group_is_past_it() -> None:
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, [0, 1])
+    deliver_all(led)
+    led.revoked([P0], 1.0)
+    led.assigned([P0], 2.0)
+    led.group_offset(P0, 50)  # another member moved it further meanwhile
+    read(led, P0, [50, 51])
+    assert [j.batch.items[0].offset for j in led.next_jobs(3.0, True, 8)] == [50]
+
+
+def test_first_records_tell_where_the_group_stands_when_the_query_failed() -> None:
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(5)))
+    deliver_all(led)
+    led.lost([P0], 1.0)
+    led.assigned([P0], 2.0)  # no group_offset: the committed() query failed
+    read(led, P0, list(range(8)))
+    assert led.commits_due(2.5) == [(P0, 5)]
+    assert [j.batch.items[0].offset for j in led.next_jobs(3.0, True, 8)] == [5]
+
+
+def test_the_watermark_is_forgotten_after_a_while() -> None:
+    led = ledger(remember_s=10.0)
+    led.assigned([P0], 0.0)
+    read(led, P0, [0])
+    deliver_all(led)
+    led.lost([P0], 1.0)
+    assert led.assigned([P0], 20.0).check_committed == []
+
+
+def test_results_after_a_loss_count_for_the_watermark() -> None:
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(10)))
+    (job,) = led.next_jobs(1.0, True, 8)
+    led.lost([P0], 1.1)
+    assert led.result(ok(job), 1.2) is None  # the 200 came back after the loss
+    led.assigned([P0], 2.0)
+    led.group_offset(P0, 0)
+    assert led.commits_due(2.1) == [(P0, 10)]
+
+
+def test_rejections_are_handed_back_and_hold_the_commit() -> None:
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, [0, 1])
+    (job,) = led.next_jobs(1.0, True, 8)
+    first, second = job.batch.items
+    rejected = [Rejection(second, 400, "bad")]
+    assert led.result(DeliveryResult(job, accepted=[first], rejected=rejected), 1.0) == rejected
+    assert led.parts[P0].dlq_unacked == 1
+    assert led.commits_due(1.1) == [(P0, 1)]
+    led.dlq_acked(P0, job.generation, 1)
+    assert led.commits_due(1.2) == [(P0, 2)]
+
+
+def test_drain_lists_what_is_left_to_deliver_and_to_commit() -> None:
+    led = ledger()
+    led.assigned([P0, P1], 0.0)
+    read(led, P0, [0, 1])
+    act = led.drain()
+    assert sorted(act.pause) == [P0, P1]
+    assert led.busy()
+    deliver_all(led)
+    assert not led.busy()
+    assert led.uncommitted() == [(P0, 2)]
+
+
+def test_a_partition_with_work_and_no_commit_is_stalled() -> None:
+    led = ledger()
+    led.assigned([P0], 0.0)
+    led.sweep(5.0)
+    assert led.stalled_for(5.0) == 0.0  # idle is not stalled
+    read(led, P0, [0])
+    assert led.stalled_for(65.0) == 60.0
+    deliver_all(led, 66.0)
+    (target,) = led.commits_due(66.0)
+    led.commit_result(P0, target[1], True, 66.5)
+    led.sweep(67.0)
+    assert led.stalled_for(67.0) == 0.0
+
+
+def test_delivery_holds_while_the_partitions_commits_are_refused() -> None:
+    """D and G: in a rebalance or a coordinator outage nothing more runs ahead."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(40)))
+    (job,) = led.next_jobs(1.0, True, 8)
+    led.result(ok(job), 1.0)
+    (target,) = led.commits_due(1.1)
+    led.commit_result(P0, target[1], False, 1.2)  # ILLEGAL_GENERATION
+    assert led.next_jobs(1.3, True, 8) == []
+    assert led.flow(5.0).paused_by == {UNCOMMITTED: 1}
+    (again,) = led.commits_due(1.4)
+    led.commit_result(P0, again[1], True, 1.5)
+    assert led.flow(5.0).resume == [P0]
+    assert len(led.next_jobs(1.6, True, 8)) == 1
+
+
+def test_delivery_holds_while_a_commit_goes_unanswered() -> None:
+    """The coordinator away: librdkafka keeps the commit, no answer comes back."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(40)))
+    (job,) = led.next_jobs(1.0, True, 8)
+    led.result(ok(job), 1.0)
+    assert led.commits_due(1.1) == [(P0, 10)]
+    assert len(led.next_jobs(1.2, True, 8)) == 1  # an answer may take a moment
+    led.result(ok(led.parts[P0].in_flight), 1.3)  # type: ignore[arg-type]
+    assert led.next_jobs(1.7, True, 8) == []  # unanswered for longer: hold
+    led.commit_result(P0, 10, True, 1.8)
+    assert led.commits_due(1.9) == [(P0, 20)]
+    assert len(led.next_jobs(2.0, True, 8)) == 1
