@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from consumer import redaction
@@ -63,9 +64,14 @@ def refusal(code: str, message: str, settings: Settings) -> ConfigError | None:
     return None
 
 
-def check_kafka_access(settings: Settings, wait_s: float = DEFAULT_WAIT_S) -> None:
+def check_kafka_access(
+    settings: Settings,
+    wait_s: float = DEFAULT_WAIT_S,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
     """Raise ConfigError when the brokers refuse this worker; return once they answer,
-    or after `wait_s` if they cannot be reached at all (the worker will keep trying)."""
+    after `wait_s` if they cannot be reached at all (the worker will keep trying), or
+    as soon as `stop()` is true (a SIGTERM while starting)."""
     from confluent_kafka import Consumer, KafkaError, KafkaException
 
     seen: list[KafkaError] = []
@@ -88,6 +94,8 @@ def check_kafka_access(settings: Settings, wait_s: float = DEFAULT_WAIT_S) -> No
                 if found is not None:
                     raise found
             seen.clear()
+            if stop():
+                return
             if time.monotonic() >= deadline:
                 log.warning(
                     "Kafka brokers not reachable yet; starting anyway and retrying",

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 
 from consumer import config, redaction
 from consumer.errors import ConfigError
@@ -36,8 +39,16 @@ def serve(settings: config.Settings) -> int:
 
     secrets = [settings.api_key.read().reveal(), *settings.librdkafka_secrets().values()]
     setup_logging(settings.log_level, settings.log_format, secrets)
+    # SIGTERM before the worker has its own handlers: stop cleanly, not die by the signal
+    early_stop = threading.Event()
+
+    def stop_early(_signum: int, _frame: FrameType | None) -> None:
+        early_stop.set()
+
+    signal.signal(signal.SIGTERM, stop_early)
+    signal.signal(signal.SIGINT, stop_early)
     try:
-        check_kafka_access(settings)
+        check_kafka_access(settings, stop=early_stop.is_set)
     except ConfigError as exc:
         log.error("configuration error", extra={"variable": exc.variable, "problem": exc.problem})
         print(f"configuration error: {redaction.scrub(str(exc))}", file=sys.stderr)
@@ -48,6 +59,8 @@ def serve(settings: config.Settings) -> int:
     log.info("ops endpoints listening", extra={"port": ops.port})
     worker = Worker(settings, metrics=metrics, health=health)
     worker.install_signal_handlers()
+    if early_stop.is_set():
+        worker.request_stop()  # told to stop while starting: nothing read, nothing to drain
     try:
         return worker.run()
     finally:

@@ -11,8 +11,10 @@ message naming the setting to fix, never a healthy-looking retry loop.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +182,24 @@ def test_an_untrusted_broker_certificate_ends_start_up_naming_the_setting(
         .splitlines()[-1]
         .startswith("configuration error: KAFKA_SSL_CA_LOCATION")
     )
+
+
+def test_sigterm_while_starting_exits_0(sim: Simulator) -> None:
+    """Brokers that cannot be reached keep start-up waiting; a SIGTERM then ends it cleanly."""
+    from gr_devtools.kafka_local import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "GR_"))}
+    env.update(_env(sim, "never-read", {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "consumer", "run"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(3)  # imported, logging set up, waiting for a broker
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
