@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import latency, memory, rate_limited, report, throughput
+from bench import drain, latency, memory, rate_limited, report, throughput
 from bench.harness import SCALES, Context, loadavg, machine
 
 SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
@@ -26,6 +26,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], dict[str, Any]]]] = {
     "rate_limited": ("2. Rate-limited key", rate_limited.run),
     "latency": ("3. Latency under a trickle", latency.run),
     "memory": ("4. Memory under backlog and outage", memory.run),
+    "drain": ("5. Draining a realistic backlog at the key's limit", drain.run),
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

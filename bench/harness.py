@@ -55,6 +55,10 @@ class Scale:
     latency_lingers_ms: tuple[int, int]
     memory_events: int
     memory_outage_s: float
+    drain_events: int = 20_000
+    drain_refused: int = 25
+    drain_limit: int = 60
+    drain_window_s: float = 10.0
     throughput_repeats: int = 1
     rate_mix: bool = True  # also a run on the contract's mix, with session events
 
@@ -91,6 +95,10 @@ SCALES = {
         latency_lingers_ms=(100, 1000),
         memory_events=6_000,
         memory_outage_s=2.0,
+        drain_events=2_000,
+        drain_refused=3,
+        drain_limit=30,
+        drain_window_s=2.0,
     ),
 }
 

@@ -38,6 +38,17 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
             max(m["share_429"], whole) <= 0.01)  # fmt: skip
         add(f"events per request, {w} worker(s)", f"{m['events_per_request']:.1f}", ">= 99",
             m["events_per_request"] >= 99)  # fmt: skip
+    dr = sc.get("drain", {})
+    for run in dr.get("runs", []):
+        w = run["workers"]
+        add(f"drain time vs physical limit, {w} worker(s)",
+            f"{run['drain_s']:.0f} s vs {run['physical_s']:.0f} s ({run['vs_physical']:.2f}x)",
+            "<= 1.1x", run["vs_physical"] <= 1.1)  # fmt: skip
+        add(f"requests per refused event, {w} worker(s)", f"{run['requests_per_refused']:.1f}",
+            "<= 9", run["requests_per_refused"] <= 9)  # fmt: skip
+        if w > 1:
+            add(f"429 share draining, {w} workers", f"{run['share_429']:.2%}", "<= 0.5%",
+                run["share_429"] <= 0.005)  # fmt: skip
     for run in sc.get("latency", {}).get("runs", []):
         if run.get("linger_ms") is None:
             continue
@@ -83,6 +94,7 @@ def markdown(doc: dict[str, Any]) -> str:
         ("rate_limited", _rate_limited),
         ("latency", _latency),
         ("memory", _memory),
+        ("drain", _drain),
     ):
         if name not in sc:
             continue
@@ -182,6 +194,41 @@ def _rate_limited(s: dict[str, Any]) -> list[str]:
         "(0.5%) is a request of its own and cuts the batch before it (per-partition order), "
         "so 100 events per request is out of reach; `best possible` is computed from the "
         "stream itself.",
+    ]
+    return out
+
+
+def _drain(s: dict[str, Any]) -> list[str]:
+    out = [
+        f"A {s['events']:,}-event backlog in {s['partitions']} partitions: {s['poison']} poison "
+        f"records, {s['refused']} events the API refuses (its 400 names none of them), "
+        f"{s['sessions']} session events. Key: {s['limit']} requests per {s['window_s']:g} s. "
+        f"Physical limit: {s['physical_requests']} requests (full batches between session "
+        f"events, one per session event, 7 failing per refused event), "
+        f"{s['physical_s']:.0f} s at the key's rate.",
+        "",
+        "| workers | drain time | vs physical limit | requests / allowed | 429 share | "
+        "answered 400 | requests per refused event | events per batch request |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in s["runs"]:
+        out.append(
+            f"| {r['workers']} | {r['drain_s']:.1f} s | {r['vs_physical']:.2f}x | "
+            f"{r['requests']} / {r['allowed']} | {r['share_429']:.2%} | {r['answered_400']} | "
+            f"{r['requests_per_refused']:.1f} | {r['events_per_batch_request']:.1f} |"
+        )
+    out += ["", "Accepted batch requests by size:", "", "| workers | "
+            + " | ".join(s["runs"][0]["batch_sizes"]) + " |",
+            "| ---: |" + " ---: |" * len(s["runs"][0]["batch_sizes"])]  # fmt: skip
+    for r in s["runs"]:
+        out.append(
+            f"| {r['workers']} | " + " | ".join(str(v) for v in r["batch_sizes"].values()) + " |"
+        )
+    out += [
+        "",
+        "Requests under 100 events are the halves that isolate a refused event (about four "
+        "accepted per refused event), the batches a session event cuts (the stream allows no "
+        "more), and each partition's last batch.",
     ]
     return out
 

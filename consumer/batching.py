@@ -115,6 +115,13 @@ class PartitionBatcher(Generic[Ref]):
         self._bytes += payload_bytes
         self._sessions += sessions
 
+    def push_front(self, items: list[Item[Ref]]) -> None:
+        """Put events handed back unsent (after a refused one was isolated) at the head,
+        in order: they go out first, in the next request, topped up with newer events."""
+        self._items.extendleft(reversed(items))
+        self._bytes += sum(map(len, map(_RAW, items)))
+        self._sessions += sum(1 for item in items if item.route is not Route.BATCH)
+
     @property
     def pending_events(self) -> int:
         return len(self._items)

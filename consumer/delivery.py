@@ -3,9 +3,10 @@
 Runs on a delivery thread. Transient trouble (5xx, timeouts, refused
 connections, 429, a refused key) is retried by tenacity, forever, with the
 wait each cause calls for; only the worker can stop it, by cancelling the job
-(partition revoked, shutdown deadline). A 400 splits the batch, in order,
-until the rejected events stand alone: those come back as rejections for the
-DLQ, the rest as accepted.
+(partition revoked, shutdown deadline). A 400 starts a search for the refused
+event (`isolation`): what is found comes back as a rejection for the DLQ, what
+was delivered on the way as accepted, and what follows the refused event as
+unsent, for the partition's next request. A 413 halves the batch.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tenacity import (
 
 from consumer.batching import Batch, Item, Ref
 from consumer.errors import GrError, JobAbandonedError, TransportError
+from consumer.isolation import Isolation
 from consumer.pacing import Pacer, RateLimitHeaders
 from consumer.policy import Action, decide, wait_after_429
 from consumer.s2s import Response
@@ -54,6 +56,8 @@ class Observer(Protocol):
     def on_retry(self, reason: str) -> None: ...
     def on_key_rejected(self, status: int) -> None: ...
     def on_key_ok(self) -> None: ...
+    def on_request(self, events: int) -> None: ...
+    def on_budget_wait(self, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +111,11 @@ class DeliveryResult(Generic[Ref]):
     job: DeliveryJob[Ref]
     accepted: list[Item[Ref]] = field(default_factory=list)
     rejected: list[Rejection[Ref]] = field(default_factory=list)
+    # events handed back unsent, in order, for the partition's next request
+    unsent: list[Item[Ref]] = field(default_factory=list)
     requests: int = 0
+    # requests spent finding refused events after a batch's 400 (the 400 itself included)
+    isolation_requests: int = 0
     abandoned: bool = False
     error: BaseException | None = None
 
@@ -165,7 +173,12 @@ class Deliverer:
                 action = decide(resp.status, len(batch.items))
                 if action is Action.ACCEPT:
                     result.accepted.extend(batch.items)
-                elif action is Action.SPLIT:
+                elif action is Action.SPLIT and resp.status == 400:
+                    self._isolate(job, batch, resp, result)
+                    for rest in todo:  # halves of an earlier 413, after it in order
+                        result.unsent.extend(rest.items)
+                    todo.clear()
+                elif action is Action.SPLIT:  # 413: too large as a whole, so halve it
                     todo[0:0] = batch.split()
                 else:  # REJECT: a lone event the API refuses
                     result.rejected.append(Rejection(batch.items[0], resp.status, _detail(resp)))
@@ -174,6 +187,26 @@ class Deliverer:
         except Exception as exc:  # noqa: BLE001  # a bug: the worker logs it and retries the batch
             result.error = exc
         return result
+
+    def _isolate(
+        self, job: DeliveryJob[Ref], batch: Batch[Ref], resp: Response, result: DeliveryResult[Ref]
+    ) -> None:
+        """Find the refused event of a 400 batch (see `isolation`); hand back what follows it."""
+        search = Isolation.start(batch.items, resp.body, _detail(resp))
+        statuses: dict[int, int] = {}
+        while (probe := search.probe()) is not None:
+            answer = self._send(job, Batch(batch.route, probe), result, None)
+            ok = decide(answer.status, len(probe)) is Action.ACCEPT
+            if not ok:
+                statuses[probe[0].offset] = answer.status
+            search.answer(ok, "" if ok else _detail(answer))
+        result.isolation_requests += 1 + search.requests
+        result.accepted.extend(search.accepted)
+        result.rejected.extend(
+            Rejection(item, statuses.get(item.offset, resp.status), detail)
+            for item, detail in search.rejected
+        )
+        result.unsent.extend(search.unsent)
 
     def _send(
         self,
@@ -210,12 +243,15 @@ class Deliverer:
                     failed, again = again, None
                     raise failed
                 delay = self._pacer.reserve()
+                if delay > 0:
+                    self._observer.on_budget_wait(delay)
                 try:
                     job.sleep(delay)
                 except JobAbandonedError:
                     self._pacer.unanswered()
                     raise
                 result.requests += 1
+                self._observer.on_request(len(batch.items))
                 return self._attempt(batch, body)
         raise AssertionError("unreachable: tenacity retries forever")  # pragma: no cover
 

@@ -46,6 +46,16 @@ class _DeliveryObserver:
         remaining = self._pacer.remaining
         if remaining is not None:
             self._m.rate_limit_remaining.set(remaining)
+            limit = self._pacer.limit
+            if limit is not None:
+                self._m.rate_limit_limit.set(limit)
+            self._m.rate_limit_share.set(self._pacer.share)
+
+    def on_request(self, events: int) -> None:
+        self._m.request_events.observe(events)
+
+    def on_budget_wait(self, seconds: float) -> None:
+        self._m.budget_wait_seconds.inc(seconds)
 
     def on_retry(self, reason: str) -> None:
         self._m.retries.labels(reason).inc()
@@ -96,10 +106,11 @@ class Dispatcher:
             timeout_s=settings.http_timeout_s,
             ca_file=str(settings.api_ca_file) if settings.api_ca_file else None,
         )
+        self._observer = _DeliveryObserver(metrics, health, self._pacer)
         self._deliverer = Deliverer(
             self._client,
             self._pacer,
-            _DeliveryObserver(metrics, health, self._pacer),
+            self._observer,
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
         )
@@ -116,6 +127,7 @@ class Dispatcher:
         started = False
         for job in jobs:
             if self._pacer.try_reserve():
+                self._observer.on_request(len(job.batch.items))
                 self._multi.start(job.batch.route, job.batch.body, job)
                 started = True
             else:

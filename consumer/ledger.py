@@ -385,6 +385,10 @@ class Ledger:
             part.retry_batch, part.retry_at = job.batch, now + 1.0
             return None
         self.buffered_bytes -= job.batch.payload_bytes
+        if result.unsent:
+            # after a refused event: back to the head, for the next request, in order
+            part.batcher.push_front(result.unsent)
+            self.buffered_bytes += sum(len(item.raw) for item in result.unsent)
         if result.accepted:
             part.offsets.finish_many(map(_OFFSET, result.accepted))
             self._dirty.add(part.tp)

@@ -74,6 +74,33 @@ class Metrics:
             registry=r,
         )
         self.commits = Counter("gr_commits", "Offset commits by result", ["result"], registry=r)
+        self.rate_limit_limit = Gauge(
+            "gr_rate_limit_limit",
+            "X-RateLimit-Limit last seen: the key's requests per window",
+            registry=r,
+        )
+        self.rate_limit_share = Gauge(
+            "gr_rate_limit_share",
+            "This worker's learnt share of the key's budget (1: it alone uses the key)",
+            registry=r,
+        )
+        self.request_events = Histogram(
+            "gr_request_events",
+            "Events per batch request sent (first attempts, retries and isolation probes)",
+            buckets=(1, 2, 5, 10, 25, 50, 75, 90, 99, 100),
+            registry=r,
+        )
+        self.isolation_requests = Counter(
+            "gr_isolation_requests",
+            "Requests spent on batches the API answered 400: the 400 itself and the probes "
+            "that found the refused event",
+            registry=r,
+        )
+        self.budget_wait_seconds = Counter(
+            "gr_budget_wait_seconds",
+            "Time delivery threads waited for a slot in the API key's budget",
+            registry=r,
+        )
         self.rate_limit_remaining = Gauge(
             "gr_rate_limit_remaining", "X-RateLimit-Remaining last seen", registry=r
         )

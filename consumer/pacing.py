@@ -50,6 +50,9 @@ class Pacer:
 
     _MIN_SHARE = 1 / 64
     _SHARED_MARGIN = 0.03
+    # requests seen in a first window (the key's, this worker's) before a share is guessed
+    _SHARE_SAMPLE = 8
+    _OWN_SAMPLE = 4
 
     def __init__(
         self,
@@ -73,6 +76,10 @@ class Pacer:
         # This worker's share of the key's use, learnt from how fast
         # `remaining` falls against its own answered requests.
         self._share = 1.0
+        self._share_learnt = False
+        self._windows_ended = 0
+        self._window_lower = 0.0
+        self._window_upper = default_window_s
         self._window_first_remaining = 0
         self._own_in_window = 0
 
@@ -160,12 +167,15 @@ class Pacer:
                     # every worker measures the same stretch, so the shares add up.
                     share = self._own_in_window / used
                     self._share = min(1.0, max(self._MIN_SHARE, share))
+                    # the first window seen is a partial one: trust the second
+                    self._share_learnt = self._windows_ended > 0
+                    self._windows_ended += 1
                 if self._reset_unix is not None:
                     # Two resets bound the window from above (idle windows in
-                    # between make the gap longer, never shorter): only shrink.
+                    # between make the gap longer, never shorter).
                     gap = rl.reset_unix - self._reset_unix
-                    if 0 < gap < self._window_s:
-                        self._window_s = gap
+                    if 0 < gap < self._window_upper:
+                        self._window_upper = gap
                 self._reset_unix = rl.reset_unix
                 self._remaining = rl.remaining
                 self._window_first_remaining = rl.remaining
@@ -173,10 +183,33 @@ class Pacer:
             elif rl.reset_unix == self._reset_unix:
                 self._own_in_window += 1
                 self._remaining = min(self._remaining, rl.remaining)
+                used = self._window_first_remaining - self._remaining
+                own = self._own_in_window
+                if (
+                    not self._share_learnt
+                    and own >= self._OWN_SAMPLE
+                    and used >= self._SHARE_SAMPLE
+                ):
+                    # Until a whole window has told the share, guess it as the first
+                    # window goes: at start-up every worker would think the key its
+                    # own, and a window at that pace ends in 429s for all of them.
+                    share = self._own_in_window / used
+                    self._share = min(1.0, max(self._MIN_SHARE, share))
             else:
                 return  # an answer from a window already gone
             self._limit = rl.limit
-            self._reset_mono = now_mono + max(0.0, rl.reset_unix - now_wall)
+            to_reset = rl.reset_unix - now_wall
+            self._reset_mono = now_mono + max(0.0, to_reset)
+            # Every answer bounds the window from below (it is at least as long as
+            # the time to its reset). Until the window is known the pacer takes
+            # that lower bound: too long a
+            # guess spreads a new window's first slots far past its end, too short
+            # a one only bunches the few requests sent before its first answer.
+            # A gap between two resets is a whole number of windows; with a lower
+            # bound above half of it, it is exactly one.
+            lower = self._window_lower = max(self._window_lower, to_reset)
+            upper = self._window_upper
+            self._window_s = upper if lower > upper / 2 else max(1.0, lower)
 
     def hold(self, seconds: float) -> None:
         """After a 429: nobody sends before `seconds` from now."""

@@ -136,6 +136,7 @@ class Worker:
             "dead_lettered": 0,
             "batches": 0,
             "requests": 0,
+            "isolation_requests": 0,
         }
         self.dead_lettered_by_reason: Counter[str] = Counter()
 
@@ -401,6 +402,9 @@ class Worker:
                 n = len(result.accepted)
                 self.metrics.events_delivered.inc(n)
                 self.stats["delivered"] += n
+            if result.isolation_requests:
+                self.metrics.isolation_requests.inc(result.isolation_requests)
+                self.stats["isolation_requests"] += result.isolation_requests
             if result.requests:
                 self.stats["batches"] += 1
                 self.stats["requests"] += result.requests

@@ -428,7 +428,8 @@ class Simulator(SimulatorCore):
         """Apply any fault knob / limit fields at once; all are checked before any applies.
 
         Fields: error_rate, rate_limit_429_rate, latency_s (seconds or [min, max]),
-        latency_ms, reject_rule (a rule, a list of rules, or null), limit_per_window,
+        latency_ms, reject_rule (a rule, a list of rules, or null), name_rejected,
+        limit_per_window,
         window_s, record_events, seed, outage, outage_s.
         """
         checks: dict[str, Callable[[Any], Any]] = {
@@ -437,6 +438,7 @@ class Simulator(SimulatorCore):
             "latency_s": check_latency,
             "latency_ms": lambda v: _ms_to_s(check_latency(v)),
             "reject_rule": check_rules,
+            "name_rejected": lambda v: _check_bool("name_rejected", v),
             "limit_per_window": normalise_limit,
             "window_s": self._check_window,
             "record_events": lambda v: _check_bool("record_events", v),
@@ -454,6 +456,7 @@ class Simulator(SimulatorCore):
             "latency_s": self.set_latency,
             "latency_ms": self.set_latency,
             "reject_rule": lambda v: self.set_reject_rule(list(v)),
+            "name_rejected": lambda v: self.set_name_rejected(bool(v)),
             "limit_per_window": self.set_default_limit,
             "window_s": self.set_window,
             "record_events": self.set_record_events,

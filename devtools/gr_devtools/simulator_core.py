@@ -198,8 +198,14 @@ def _all_valid(events: list[Any]) -> bool:
     return True
 
 
-def validate(path: str, body: bytes, rules: tuple[Rule, ...]) -> list[Any] | Response:
-    """The parsed events when the request is acceptable, else the 400 to send."""
+def validate(
+    path: str, body: bytes, rules: tuple[Rule, ...], name_rejected: bool = True
+) -> list[Any] | Response:
+    """The parsed events when the request is acceptable, else the 400 to send.
+
+    `name_rejected=False` answers a refused batch without saying which events
+    were refused, as an API may: the client must find them itself.
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -230,7 +236,10 @@ def validate(path: str, body: bytes, rules: tuple[Rule, ...]) -> list[Any] | Res
             reasons.append({"index": i, "reason": problem})
     if rejected:
         msg = f"{len(rejected)} of {len(events)} events rejected; nothing was accepted"
-        body_out = error_body("invalid_events", msg, rejected=rejected, errors=reasons)
+        if name_rejected:
+            body_out = error_body("invalid_events", msg, rejected=rejected, errors=reasons)
+        else:
+            body_out = error_body("invalid_events", msg)
         return Response(400, [], body_out)
     return events
 
@@ -269,6 +278,7 @@ class SimulatorCore:
         self._spurious_429_rate = 0.0
         self._latency: Latency = None
         self._rules: tuple[Rule, ...] = ()
+        self._name_rejected = True
         self._seq = 0
         # Raw bodies, parsed again when read: millions of live dicts would slow every GC pass.
         self._records: list[tuple[int, str, float, bytes]] = []
@@ -301,6 +311,11 @@ class SimulatorCore:
         rules = check_rules(rule)
         with self._lock:
             self._rules = rules
+
+    def set_name_rejected(self, on: bool) -> None:
+        """Whether a 400 names the refused events (`rejected`, `errors`) or only counts them."""
+        with self._lock:
+            self._name_rejected = bool(on)
 
     def set_default_limit(self, limit: int | None) -> None:
         value = normalise_limit(limit)
@@ -365,6 +380,7 @@ class SimulatorCore:
                 "rate_limit_429_rate": self._spurious_429_rate,
                 "latency_s": latency,
                 "reject_rule": [dict(r) for r in self._rules] or None,
+                "name_rejected": self._name_rejected,
                 "limit_per_window": self._default_limit or None,
                 "window_s": self._window_s,
                 "record_events": self._record_events,
@@ -391,6 +407,7 @@ class SimulatorCore:
                 self._error_rate = self._spurious_429_rate = 0.0
                 self._latency = None
                 self._rules = ()
+                self._name_rejected = True
                 self._random = random.Random(self._seed)
 
     # ---- reading what happened -----------------------------------------------------
@@ -560,7 +577,9 @@ class SimulatorCore:
         self, seq: int, path: str, arrival: float, headers: Headers, body: bytes
     ) -> Response:
         """Validate an admitted request and record it if accepted."""
-        result = validate(path, body, self.rules())
+        with self._lock:
+            name = self._name_rejected
+        result = validate(path, body, self.rules(), name)
         if isinstance(result, Response):
             with self._lock:
                 self._count(path, 400)

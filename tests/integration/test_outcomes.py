@@ -116,7 +116,42 @@ def test_400_splits_the_batch_and_dead_letters_only_the_rejected(
         assert h["gr.dlq.reason"] == b"api_rejected"
         assert h["gr.dlq.http.status"] == b"400"
         assert b"rejected" in h["gr.dlq.detail"] or b"reject" in h["gr.dlq.detail"]
-    assert simulator.status_counts().get(400, 0) >= 3
+    # the simulator's 400 names the refused events: one failed request finds all three
+    assert simulator.status_counts().get(400, 0) == 1
+    assert rw.worker.stats["isolation_requests"] == 1
+
+
+@pytest.mark.parametrize("bad", [{0}, {37}, {99}, {5, 6, 70}])
+def test_a_400_that_names_nothing_is_searched_within_nine_requests_per_refused_event(
+    bootstrap: str, make_topic: TopicFactory, simulator: Simulator,
+    make_settings: SettingsFactory, start_worker: Start, bad: set[int],
+) -> None:  # fmt: skip
+    topic = make_topic(partitions=1)
+    create_topic(bootstrap, f"{topic}.dlq", 1)
+    n = 300
+    events = [
+        transaction(i, description="reject-me" if i in bad else f"item-{i}") for i in range(n)
+    ]
+    simulator.set_reject_rule({"payload.description": "reject-me"})
+    simulator.set_name_rejected(False)
+    produce(bootstrap, topic, (encode(e) for e in events), partition=0)
+    settings = make_settings(topic, GR_BATCH_LINGER_MS="2000")
+    rw = start_worker(settings)
+    wait_for(lambda: committed(bootstrap, settings.group_id, topic, 1) == [n], 60, "commit")
+    dlq = _dlq_by_offset(bootstrap, topic, expect=len(bad))
+    assert rw.stop() == 0
+
+    # in order, each good event once, each refused one in the DLQ with the API's answer
+    assert [seq_of(e) for e in simulator.accepted_events()] == [i for i in range(n) if i not in bad]
+    assert sorted(dlq) == sorted(bad)
+    assert all(h["gr.dlq.http.status"] == b"400" for h in dlq.values())
+    spent = rw.worker.stats["isolation_requests"]
+    assert spent <= 9 * len(bad), spent
+    # the events after a refused one go out with the next request, topped up: apart from
+    # the probes, requests stay full (the stream's last one may be short)
+    sizes = simulator.batches()
+    full = [s for s in sizes if s == 100]
+    assert len(full) >= n // 100 - len(bad) - 1, sizes
 
 
 def test_401_403_halt_readiness_then_resume_when_the_key_works(

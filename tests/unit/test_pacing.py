@@ -157,10 +157,11 @@ def test_remaining_zero_waits_until_the_reset() -> None:
     assert pacer.remaining == 0
     assert pacer.limit == 100
     assert pacer.reserve() == pytest.approx(30.0)
-    # the next window's slots follow at window/limit = 60/100 s
-    assert pacer.reserve() == pytest.approx(30.6)
+    # the next window's slots follow at window/limit, the window taken as the
+    # longest time to a reset seen (30 s) until one is measured: 30/100 s
+    assert pacer.reserve() == pytest.approx(30.3)
     clock.advance(10.0)
-    assert pacer.reserve() == pytest.approx(21.2)  # slot at 31.2, now 10
+    assert pacer.reserve() == pytest.approx(20.6)  # slot at 30.6, now 10
 
 
 def test_remaining_zero_when_part_of_the_window_already_passed() -> None:
@@ -209,7 +210,7 @@ def test_budget_spent_by_own_sends_waits_for_the_reset() -> None:
     # no answer yet: both remaining slots are claimed, the third waits for the new
     # window and goes at its very start
     assert pacer.reserve() == pytest.approx(20.0)
-    assert pacer.reserve() == pytest.approx(20.6)  # then window/limit apart
+    assert pacer.reserve() == pytest.approx(20.2)  # then window/limit apart (20 s / 100)
 
 
 def test_cap_and_headers_the_stricter_wins() -> None:
@@ -226,17 +227,34 @@ def test_cap_and_headers_the_stricter_wins() -> None:
 def test_after_the_reset_without_news_the_spacing_is_window_over_limit() -> None:
     clock = FakeClock()
     pacer = _pacer(clock)
-    pacer.observe(_rl(100, 40, 5.0, clock))
-    clock.advance(6.0)  # the window ended; no answer from the next one yet
-    assert [pacer.reserve() for _ in range(3)] == pytest.approx([0.0, 0.6, 1.2])
+    pacer.observe(_rl(100, 40, 30.0, clock))
+    clock.advance(31.0)  # the window ended; no answer from the next one yet
+    assert [pacer.reserve() for _ in range(3)] == pytest.approx([0.0, 0.3, 0.6])
 
 
-def test_default_window_is_used_until_one_is_learned() -> None:
+def test_until_a_window_is_measured_the_longest_time_to_a_reset_stands_for_it() -> None:
     clock = FakeClock()
-    pacer = _pacer(clock, window=10.0)
-    pacer.observe(_rl(20, 0, 4.0, clock))
+    pacer = _pacer(clock, window=60.0)
+    pacer.observe(_rl(20, 0, 4.0, clock))  # the window is at least 4 s
     assert pacer.reserve() == pytest.approx(4.0)
-    assert pacer.reserve() == pytest.approx(4.5)  # 10 s / 20
+    assert pacer.reserve() == pytest.approx(4.2)  # 4 s / 20, not 60 s / 20
+    clock.advance(4.1)
+    pacer.observe(_rl(20, 19, 9.9, clock))  # the new window's first answer: at least 9.9 s
+    clock.advance(10.0)
+    # the two resets are 10 s apart, and 9.9 s is over half of that: the window is 10 s
+    assert pacer.reserve() == pytest.approx(0.0)
+    assert pacer.reserve() == pytest.approx(10.0 / 20)
+
+
+def test_a_lone_gap_between_resets_is_the_window() -> None:
+    """A gap is a whole number of windows; a lower bound above half of it makes it one."""
+    clock = FakeClock()
+    pacer = _pacer(clock)
+    pacer.observe(RateLimitHeaders(100, 90, WALL0 + 10.0))
+    clock.t = 10.5
+    pacer.observe(RateLimitHeaders(100, 99, WALL0 + 40.0))  # 29.5 s to go: window >= 29.5
+    clock.t = 40.2  # past that reset, nothing heard since
+    assert [pacer.reserve() for _ in range(2)] == pytest.approx([0.0, 0.3])  # 30 s / 100
 
 
 def test_window_length_is_learned_from_successive_resets() -> None:
@@ -282,7 +300,7 @@ def test_hold_at_the_end_of_a_spent_window() -> None:
     pacer.observe(_rl(100, 0, 30.0, clock))
     pacer.hold(30.0)
     assert pacer.reserve() == pytest.approx(30.0)
-    assert pacer.reserve() == pytest.approx(30.6)
+    assert pacer.reserve() == pytest.approx(30.3)
 
 
 def test_hold_honours_the_retry_after_even_when_the_window_is_known() -> None:
@@ -782,3 +800,14 @@ def test_simulation_backlog_like_the_benchmark(workers: int, rtt: float) -> None
     print(result.line())
     assert sum(result.fills) / len(result.fills) >= 0.98
     assert sum(result.window_429) <= 0.01 * result.accepted
+
+
+@pytest.mark.parametrize("start_offset", [0.3, 3.7, 7.9])
+def test_simulation_three_workers_starting_together_on_a_short_window(start_offset: float) -> None:
+    """The drain benchmark's shape: 60 requests per 10 s, three workers of 8 senders all
+    starting at once. Start-up included, at most 0.5% of requests meet a 429, and every
+    full window's budget is used."""
+    result = simulate(3, 8, 60, window=10.0, windows=11, rtt=0.02, start_offset=start_offset)
+    print(result.line())
+    assert result.rate_429 <= 0.005
+    assert min(result.fills) >= 0.95
