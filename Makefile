@@ -11,7 +11,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup kafka-jars lint test test-fast test-full demo bench deploy-check clean
+.PHONY: setup kafka-jars lint test test-fast test-full demo bench bench-drain deploy-check clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ demo: setup kafka-jars
 
 bench: setup kafka-jars
 	$(BIN)/python -m bench
+
+# One scenario: a realistic backlog drained at a rate-limited key's limit (about 4 min).
+bench-drain: setup kafka-jars
+	$(BIN)/python -m bench --only drain
 
 deploy-check: setup
 	bash scripts/deploy-check.sh

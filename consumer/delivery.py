@@ -11,6 +11,7 @@ unsent, for the partition's next request. A 413 halves the batch.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from consumer.policy import Action, decide, wait_after_429
 from consumer.s2s import Response
 
 MAX_DETAIL_BYTES = 1024
+
+log = logging.getLogger(__name__)
 
 
 class _SendAgainError(GrError):
@@ -274,6 +277,11 @@ class Deliverer:
             raise _SendAgainError("transport") from outcome
         resp = outcome
         self._observer.on_response(endpoint, resp.status, resp.elapsed_s)
+        if resp.status != 200 and log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "api answered",
+                extra={"endpoint": endpoint, "status": resp.status, "body": _detail(resp)[:300]},
+            )
         rl = RateLimitHeaders.parse(resp.headers)
         if rl is not None:
             self._pacer.observe(rl)

@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from consumer import redaction
 from consumer.errors import DlqWriteError
 
 log = logging.getLogger("consumer.dlq")
@@ -63,7 +64,8 @@ def dlq_headers(
     when = (failed_at or datetime.now(UTC)).astimezone(UTC)
     headers += [
         ("gr.dlq.reason", reason.encode()),
-        ("gr.dlq.detail", truncate_utf8(detail)),
+        # the detail may quote the API's answer: no secret leaves in it
+        ("gr.dlq.detail", truncate_utf8(redaction.scrub(detail))),
         ("gr.dlq.source.topic", source.topic.encode()),
         ("gr.dlq.source.partition", str(source.partition).encode()),
         ("gr.dlq.source.offset", str(source.offset).encode()),

@@ -199,10 +199,15 @@ class _Handler(socketserver.StreamRequestHandler):
             time.sleep(delay)
         if sim.outage:
             return DROP
-        headers, stopped = sim.admit(path, self.headers.get("x-api-key"))
-        if stopped is not None:
-            return stopped
-        return sim.finish(seq, path, arrival, headers, body)
+        key = self.headers.get("x-api-key")
+        headers, stopped = sim.admit(path, key)
+        if stopped is None:
+            stopped = sim.finish(seq, path, arrival, headers, body)
+        if sim.echo_key and key and stopped.status != 200 and stopped.body.endswith(b"}"):
+            # a careless API quoting the key back: the client must not pass it on
+            echoed = stopped.body.rstrip(b"}") + b',"key":"' + key.encode() + b'"}'
+            stopped = stopped._replace(body=echoed)
+        return stopped
 
     def _other(self, sim: Simulator, path: str, status: int, error: str, message: str) -> Response:
         if path.startswith(API_PREFIX):

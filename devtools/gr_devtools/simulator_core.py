@@ -279,6 +279,7 @@ class SimulatorCore:
         self._latency: Latency = None
         self._rules: tuple[Rule, ...] = ()
         self._name_rejected = True
+        self.echo_key = False  # answers other than 200 quote the request's key back
         self._seq = 0
         # Raw bodies, parsed again when read: millions of live dicts would slow every GC pass.
         self._records: list[tuple[int, str, float, bytes]] = []

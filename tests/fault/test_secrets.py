@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import urllib3
@@ -122,3 +124,106 @@ def test_a_wrong_sasl_password_fails_without_showing_either(
     log = worker.log()
     _assert_clean("the logs of a failed login", log)
     assert wrong not in log
+
+
+KEY_A = "gr-live-ROTATE-A-0c83f5e1d2"
+KEY_B = "gr-live-ROTATE-B-7a19be44c0"
+
+
+def test_rotated_keys_echoed_answers_and_exceptions_leak_nothing(
+    fault_broker: LocalKafka, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """At DEBUG, the key file rotates mid-run, the API quotes the key back in every answer
+    but a 200 (400s dead-lettered with that answer, 500s, 403s), and a delivery raises an
+    exception carrying the key: neither key is found in the logs, /metrics, /readyz, the
+    DLQ headers or the traceback, and the masks show they were there to be scrubbed."""
+    from consumer import config
+    from consumer.delivery import Deliverer
+    from consumer.observe import OpsServer, setup_logging
+    from consumer.worker import Worker
+
+    topic = f"rotate-{uuid.uuid4().hex[:6]}"
+    create_topic(fault_broker.bootstrap, topic, 2)
+    create_topic(fault_broker.bootstrap, f"{topic}.dlq", 1)
+    items = list(samples.generate(3000, poison_share=0.0, reject_share=0.005, seed=33))
+    produce(fault_broker.bootstrap, topic, (s.value for s in items), partitions=2)
+    refused = sum(1 for s in items if s.expect == "api_rejected")
+    key_file = tmp_path / "api-key"
+    key_file.write_text(KEY_A + "\n")
+    http = urllib3.PoolManager()
+    raised: list[str] = []
+    real_send = Deliverer._send
+
+    def send_once_failing(self: Deliverer, *args: Any) -> Any:
+        if not raised:
+            raised.append("yes")
+            raise RuntimeError(
+                f"injected failure while sending with X-API-Key: {key_file.read_text().strip()}"
+            )
+        return real_send(self, *args)
+
+    with Simulator(keys=[KEY_A, KEY_B], limit_per_window=None) as sim:
+        sim.echo_key = True
+        sim.set_error_rate(0.05)
+        sim.set_reject_rule({"payload.description": "reject-me"})
+        settings = config.load(
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": fault_broker.bootstrap,
+                "KAFKA_TOPICS": topic,
+                "KAFKA_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
+                "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+                "GR_API_KEY_FILE": str(key_file),
+                "GR_BASE_URL": sim.url,
+                "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
+                "GR_BATCH_LINGER_MS": "50",
+                "GR_BATCH_MAX_EVENTS": "20",
+                "GR_RETRY_INITIAL_S": "0.05",
+                "GR_RETRY_MAX_S": "0.5",
+                "GR_HTTP_PORT": "0",
+                "GR_LOG_LEVEL": "DEBUG",
+            }
+        )
+        setup_logging(settings.log_level, "json")
+        worker = Worker(settings)
+        ops = OpsServer(0, worker.metrics, worker.health, host="127.0.0.1")
+        ops.start()
+        codes: list[int] = []
+        thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(Deliverer, "_send", send_once_failing)
+                thread.start()
+                wait_until(lambda: sim.events_accepted() >= 1000, 120, "delivery with key A")
+            key_file.write_text(KEY_B + "\n")  # rotated: the Secret is re-mounted
+            sim.revoke_key(KEY_A)  # and the old key stops working
+            wait_until(lambda: sim.status_counts().get(403, 0) >= 1, 60, "key A refused")
+            ready = http.request("GET", f"http://127.0.0.1:{ops.port}/readyz").data
+            wait_until(
+                lambda: sim.events_accepted() >= len(items) - refused, 180, "delivery with key B"
+            )
+            metrics = http.request("GET", f"http://127.0.0.1:{ops.port}/metrics").data
+        finally:
+            worker.request_stop()
+            thread.join(60)
+            ops.stop()
+    assert codes == [0]
+    assert raised == ["yes"]
+    logs = capfd.readouterr().err
+    dlq = read_all(fault_broker.bootstrap, f"{topic}.dlq", expect=refused)
+    assert len(dlq) >= refused
+    places: dict[str, bytes] = {
+        "the logs": logs.encode(),
+        "/readyz": ready,
+        "/metrics": metrics,
+        **{
+            f"DLQ record {i} header {k}": v for i, r in enumerate(dlq) for k, v in r.headers.items()
+        },
+    }
+    for where, blob in places.items():
+        for key in (KEY_A, KEY_B):
+            assert key.encode() not in blob, f"{key[:16]}... found in {where}"
+    # the traceback of the failed delivery (the batch is retried), scrubbed
+    assert "injected failure while sending with X-API-Key: ***" in logs
+    assert '"key":"***"' in logs.replace('\\"', '"')  # the API's echo, logged at DEBUG, scrubbed
+    details = [r.headers["gr.dlq.detail"] for r in dlq]
+    assert all(b'"key":"***"' in d for d in details), details[:2]
