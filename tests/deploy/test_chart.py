@@ -381,7 +381,9 @@ def test_keda_scaled_object(scenarios: dict[str, Rendered]) -> None:
 def test_keda_defaults(render: RenderFn) -> None:
     r = render(merge(MINIMAL, KEDA))
     spec = r.one("ScaledObject")["spec"]
-    assert spec["maxReplicaCount"] == 6  # maxReplicas defaults to kafka.partitions
+    # The default budget (1,000 requests/min, 100 events a request, 2,000 events/s a
+    # worker) feeds ceil(1000 * 100 / 60 / 2000) = 1 worker, below the 6 partitions.
+    assert spec["maxReplicaCount"] == 1
     assert spec["minReplicaCount"] == 1
     meta = spec["triggers"][0]["metadata"]
     assert meta["allowIdleConsumers"] == "false"
@@ -393,11 +395,68 @@ def test_keda_defaults(render: RenderFn) -> None:
     assert "replicas" not in r.deployment["spec"]
 
 
+@pytest.mark.parametrize(
+    ("budget", "max_events", "worker_eps", "partitions", "want"),
+    [
+        (1000, 100, 2000, 6, 1),  # the example: 1,667 events/s, one worker
+        (100, 100, 2000, 6, 1),  # the Free plan
+        (6000, 100, 2000, 12, 5),  # 10,000 events/s over 2,000 each
+        (6000, 50, 1000, 12, 5),  # smaller batches, slower workers
+        (60000, 100, 2000, 12, 12),  # the budget could feed 50: partitions are the limit
+        (None, 100, 2000, 6, 6),  # no budget: the partitions
+    ],
+)
+@pytest.mark.parametrize("mode", ["keda", "hpa"])
+def test_max_replicas_follow_the_budget(
+    render: RenderFn,
+    mode: str,
+    budget: int | None,
+    max_events: int,
+    worker_eps: int,
+    partitions: int,
+    want: int,
+) -> None:
+    values = {
+        "kafka": {"partitions": partitions},
+        "batch": {"maxEvents": max_events},
+        "autoscaling": {
+            "mode": mode,
+            "budget": {"requestsPerMinute": budget, "workerEventsPerSecond": worker_eps},
+        },
+    }
+    r = render(merge(MINIMAL, values))
+    if mode == "keda":
+        assert r.one("ScaledObject")["spec"]["maxReplicaCount"] == want
+    else:
+        assert r.one("HorizontalPodAutoscaler")["spec"]["maxReplicas"] == want
+
+
+@pytest.mark.parametrize("mode", ["keda", "hpa"])
+def test_max_replicas_above_the_budget_fails(render_error: RenderErrorFn, mode: str) -> None:
+    err = render_error(merge(MINIMAL, KEDA, {"autoscaling": {"mode": mode, "maxReplicas": 3}}))
+    assert "above what the API key's budget can feed" in err
+    assert "ceil(1000 requests/min * 100 events / 60 / 2000 events/s per worker) = 1" in err
+
+
+def test_min_replicas_above_the_budget_fails(render_error: RenderErrorFn) -> None:
+    err = render_error(merge(MINIMAL, KEDA, {"autoscaling": {"minReplicas": 2}}))
+    assert "minReplicas (2) is greater than maxReplicas (1)" in err
+    assert "budget" in err
+
+
 @pytest.mark.parametrize("mode", ["keda", "hpa"])
 def test_max_replicas_above_partitions_fails(render_error: RenderErrorFn, mode: str) -> None:
     err = render_error(
         merge(
-            MINIMAL, {"kafka": {"partitions": 6}, "autoscaling": {"mode": mode, "maxReplicas": 7}}
+            MINIMAL,
+            {
+                "kafka": {"partitions": 6},
+                "autoscaling": {
+                    "mode": mode,
+                    "maxReplicas": 7,
+                    "budget": {"requestsPerMinute": None},
+                },
+            },
         )
     )
     assert "must not exceed kafka.partitions" in err
@@ -597,6 +656,13 @@ def test_dashboard_configmap(scenarios: dict[str, Rendered]) -> None:
         assert metric in exprs, f"dashboard does not chart {metric}"
     assert "by (reason)" in exprs
     assert "by (endpoint, status)" in exprs
+    # Budget use next to lag, against the budget the chart was given.
+    (budget_var,) = [v for v in dashboard["templating"]["list"] if v["name"] == "budget_rpm"]
+    assert budget_var["query"] == budget_var["current"]["value"] == "15000"
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "API budget use and lag"]
+    panel_exprs = [t["expr"] for t in panel["targets"]]
+    assert "/ $budget_rpm" in panel_exprs[0]
+    assert "gr_commit_lag" in panel_exprs[1]
     assert not [
         c for c in scenarios["default"].of_kind("ConfigMap") if "dashboard" in c["metadata"]["name"]
     ]
