@@ -45,8 +45,11 @@ done
 if ((${#missing[@]})); then
     [[ "$(id -u)" == 0 ]] || { log "needs root to install ${missing[*]} (apt-get)"; exit 1; }
     log "installing ${missing[*]} from Debian packages..."
-    apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    # One apt at a time among our scripts (deploy-check runs two at once).
+    apt_lock="${XDG_CACHE_HOME:-$HOME/.cache}/gr-s2s-consumer/.apt.lock"
+    flock "$apt_lock" apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive flock "$apt_lock" apt-get install -y -q \
+        -o DPkg::Lock::Timeout=300 --no-install-recommends \
         "${missing[@]}" uidmap fuse-overlayfs ca-certificates >&2
 fi
 [[ "$(id -u)" == 0 ]] || { log "runs as root (buildah with chroot isolation, podman with runc)"; exit 1; }

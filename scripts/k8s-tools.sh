@@ -55,13 +55,15 @@ if [[ -x "$etcd_dir/usr/bin/etcd" ]]; then
     log "etcd already unpacked ($("$etcd_dir/usr/bin/etcd" --version | head -1))"
 else
     command -v apt-get >/dev/null 2>&1 || { log "apt-get is required to fetch Debian's etcd-server"; exit 1; }
+    # One apt at a time among our scripts (deploy-check runs two at once).
+    apt_lock="${XDG_CACHE_HOME:-$HOME/.cache}/gr-s2s-consumer/.apt.lock"
     if ! apt-cache show etcd-server >/dev/null 2>&1; then
         log "apt-get update (no package lists yet)"
-        apt-get update -q >&2
+        flock "$apt_lock" apt-get update -q >&2
     fi
     work="$(mktemp -d)"
     trap 'rm -rf "$work"' EXIT
-    (cd "$work" && apt-get download -q etcd-server >&2)
+    (cd "$work" && flock "$apt_lock" apt-get download -q etcd-server >&2)
     rm -rf "$etcd_dir"
     dpkg-deb -x "$work"/etcd-server_*.deb "$etcd_dir"
     log "etcd unpacked: $("$etcd_dir/usr/bin/etcd" --version | head -1)"
