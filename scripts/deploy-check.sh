@@ -5,6 +5,7 @@
 #
 #   1. helm lint --strict      chart defaults and every ci/*-values.yaml scenario
 #   2. helm template           every scenario, rendered to $OUT_DIR
+#  2b. helm-unittest           the chart's unit tests (helm/gr-s2s-consumer/tests/)
 #   3. kubernetes-validate     rendered manifests against Kubernetes $K8S_VERSION,
 #                              strict (unknown fields rejected); only the CRD kinds
 #                              listed in CRD_KINDS are skipped, by name
@@ -90,7 +91,7 @@ step "tools (scripts/deploy-tools.sh)"
 tool_env="$("$ROOT/scripts/deploy-tools.sh")" || { echo "FAILED: tool set-up" >&2; exit 1; }
 while IFS='=' read -r key value; do
     case "$key" in
-        TOOLS_DIR | HELM | PROMTOOL | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
+        TOOLS_DIR | HELM | PROMTOOL | HELM_UNITTEST | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
     esac
 done <<<"$tool_env"
 TOOLS_PY="$(dirname "$CHECKOV")/python"
@@ -121,6 +122,10 @@ for values in "${scenarios[@]}"; do
         fail "helm template ($values)"
     fi
 done
+
+# --- 2b. helm-unittest -----------------------------------------------------------
+step "helm-unittest (helm/gr-s2s-consumer/tests/*_test.yaml)"
+"$HELM_UNITTEST" --strict --color=false "$CHART" || fail "helm-unittest"
 
 # --- 3. kubernetes-validate ------------------------------------------------------
 step "kubernetes-validate --strict against Kubernetes $K8S_VERSION (CRD kinds skipped: $CRD_KINDS)"

@@ -395,55 +395,6 @@ def test_keda_defaults(render: RenderFn) -> None:
     assert "replicas" not in r.deployment["spec"]
 
 
-@pytest.mark.parametrize(
-    ("budget", "max_events", "worker_eps", "partitions", "want"),
-    [
-        (1000, 100, 2000, 6, 1),  # the example: 1,667 events/s, one worker
-        (100, 100, 2000, 6, 1),  # the Free plan
-        (6000, 100, 2000, 12, 5),  # 10,000 events/s over 2,000 each
-        (6000, 50, 1000, 12, 5),  # smaller batches, slower workers
-        (60000, 100, 2000, 12, 12),  # the budget could feed 50: partitions are the limit
-        (None, 100, 2000, 6, 6),  # no budget: the partitions
-    ],
-)
-@pytest.mark.parametrize("mode", ["keda", "hpa"])
-def test_max_replicas_follow_the_budget(
-    render: RenderFn,
-    mode: str,
-    budget: int | None,
-    max_events: int,
-    worker_eps: int,
-    partitions: int,
-    want: int,
-) -> None:
-    values = {
-        "kafka": {"partitions": partitions},
-        "batch": {"maxEvents": max_events},
-        "autoscaling": {
-            "mode": mode,
-            "budget": {"requestsPerMinute": budget, "workerEventsPerSecond": worker_eps},
-        },
-    }
-    r = render(merge(MINIMAL, values))
-    if mode == "keda":
-        assert r.one("ScaledObject")["spec"]["maxReplicaCount"] == want
-    else:
-        assert r.one("HorizontalPodAutoscaler")["spec"]["maxReplicas"] == want
-
-
-@pytest.mark.parametrize("mode", ["keda", "hpa"])
-def test_max_replicas_above_the_budget_fails(render_error: RenderErrorFn, mode: str) -> None:
-    err = render_error(merge(MINIMAL, KEDA, {"autoscaling": {"mode": mode, "maxReplicas": 3}}))
-    assert "above what the API key's budget can feed" in err
-    assert "ceil(1000 requests/min * 100 events / 60 / 2000 events/s per worker) = 1" in err
-
-
-def test_min_replicas_above_the_budget_fails(render_error: RenderErrorFn) -> None:
-    err = render_error(merge(MINIMAL, KEDA, {"autoscaling": {"minReplicas": 2}}))
-    assert "minReplicas (2) is greater than maxReplicas (1)" in err
-    assert "budget" in err
-
-
 @pytest.mark.parametrize("mode", ["keda", "hpa"])
 def test_max_replicas_above_partitions_fails(render_error: RenderErrorFn, mode: str) -> None:
     err = render_error(
