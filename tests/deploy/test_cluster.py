@@ -92,10 +92,14 @@ def helm_run(helm: Path, plane: ControlPlane, *args: str) -> str:
         text=True,
         timeout=300,
         check=False,
-        env={**os.environ, "HELM_CACHE_HOME": str(plane.workdir / "helm-cache"),
-             "HELM_CONFIG_HOME": str(plane.workdir / "helm-config"),
-             "HELM_DATA_HOME": str(plane.workdir / "helm-data")},
-    )  # fmt: skip
+        # helm's own state stays with this control plane, not in the user's home.
+        env={
+            **os.environ,
+            "HELM_CACHE_HOME": str(plane.workdir / "helm-cache"),
+            "HELM_CONFIG_HOME": str(plane.workdir / "helm-config"),
+            "HELM_DATA_HOME": str(plane.workdir / "helm-data"),
+        },
+    )
     assert proc.returncode == 0, (
         f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}\n"
         f"--- kube-apiserver log ---\n{log_tail(plane, 'kube-apiserver')}"
@@ -156,19 +160,14 @@ def test_install_upgrade_uninstall(helm: Path, cluster: ControlPlane, scenario: 
         60,
         f"a ReplicaSet of {dep_path}",
     )
-    want = dep["spec"]["replicas"]
-    assert rs["spec"]["replicas"] >= 1
-    pods = wait_for(
-        lambda: (
-            found
-            if len(found := owned(cluster, f"/api/v1/namespaces/{chart_ns}/pods", "ReplicaSet",
-                                  rs["metadata"]["uid"])) == rs["spec"]["replicas"]
-            else None
-        ),
-        60,
-        f"{rs['spec']['replicas']} pods of ReplicaSet {rs['metadata']['name']}",
-    )  # fmt: skip
-    assert want >= 1
+    assert rs["spec"]["replicas"] == dep["spec"]["replicas"] >= 1
+    pods_path = f"/api/v1/namespaces/{chart_ns}/pods"
+
+    def rs_pods() -> list[dict[str, Any]]:
+        found = owned(cluster, pods_path, "ReplicaSet", rs["metadata"]["uid"])
+        return found if len(found) == rs["spec"]["replicas"] else []
+
+    pods = wait_for(rs_pods, 60, f"the pods of ReplicaSet {rs['metadata']['name']}")
     for pod in pods:  # the pod the chart asked for, as admitted by the server
         spec = pod["spec"]
         assert spec["securityContext"]["runAsUser"] == 10001
@@ -219,34 +218,37 @@ def test_install_upgrade_uninstall(helm: Path, cluster: ControlPlane, scenario: 
 def test_dashboard_and_service_monitor_go_where_asked(helm: Path, cluster: ControlPlane) -> None:
     """By default the release namespace; another one (that exists) when asked for."""
     release, namespace = "gr-monitoring", "rel-monitoring"
-    base = ["--namespace", namespace, "--create-namespace", "-f",
-            str(CI_VALUES / "default-values.yaml"),
-            "--set", "grafanaDashboard.enabled=true",
-            "--set", "metrics.serviceMonitor.enabled=true",
-            "--set", "metrics.prometheusRule.enabled=true"]  # fmt: skip
-    helm_run(helm, cluster, "install", release, str(CHART), *base)
-    placed = {
-        d["kind"]: d["metadata"].get("namespace")
-        for d in manifest(helm, cluster, release, namespace)
-        if d["kind"] in {"ServiceMonitor", "PrometheusRule"}
-        or (d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard"))
-    }
-    assert placed == {
-        "ConfigMap": namespace,
-        "ServiceMonitor": namespace,
-        "PrometheusRule": namespace,
-    }
+    kinds = {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    values = [
+        "-f", str(CI_VALUES / "default-values.yaml"),
+        "--set", "grafanaDashboard.enabled=true",
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.prometheusRule.enabled=true",
+    ]  # fmt: skip
 
-    helm_run(helm, cluster, "upgrade", release, str(CHART), *base[:2], *base[3:],
-             "--set", "grafanaDashboard.namespace=monitoring",
-             "--set", "metrics.serviceMonitor.namespace=monitoring",
-             "--set", "metrics.prometheusRule.namespace=monitoring")  # fmt: skip
+    def placed() -> dict[str, str]:
+        return {
+            d["kind"]: d["metadata"]["namespace"]
+            for d in manifest(helm, cluster, release, namespace)
+            if d["kind"] in kinds
+            and (d["kind"] != "ConfigMap" or d["metadata"]["name"].endswith("-dashboard"))
+        }
+
+    helm_run(helm, cluster, "install", release, str(CHART), "--namespace", namespace,
+             "--create-namespace", *values)  # fmt: skip
+    assert placed() == dict.fromkeys(kinds, namespace)
+
+    elsewhere = [
+        "--set", "grafanaDashboard.namespace=monitoring",
+        "--set", "metrics.serviceMonitor.namespace=monitoring",
+        "--set", "metrics.prometheusRule.namespace=monitoring",
+    ]  # fmt: skip
+    helm_run(helm, cluster, "upgrade", release, str(CHART), "--namespace", namespace,
+             *values, *elsewhere)  # fmt: skip
+    assert placed() == dict.fromkeys(kinds, "monitoring")
     for doc in manifest(helm, cluster, release, namespace):
-        if doc["kind"] in {"ServiceMonitor", "PrometheusRule"} or doc["metadata"]["name"].endswith(
-            "-dashboard"
-        ):
-            assert doc["metadata"]["namespace"] == "monitoring"
+        if doc["kind"] in kinds and doc["metadata"]["namespace"] == "monitoring":
             assert cluster.api.exists(resource_path(doc))
-            if doc["kind"] == "ServiceMonitor":  # it still scrapes the release's Service
-                assert doc["spec"]["namespaceSelector"]["matchNames"] == [namespace]
+        if doc["kind"] == "ServiceMonitor":  # it still scrapes the release's Service
+            assert doc["spec"]["namespaceSelector"]["matchNames"] == [namespace]
     helm_run(helm, cluster, "uninstall", release, "--namespace", namespace)
