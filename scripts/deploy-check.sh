@@ -18,7 +18,8 @@
 #                              Dockerfile with buildah (in the background from the
 #                              start: it waits on the network while Go builds)
 #   7. control plane           scripts/k8s-tools.sh builds kube-apiserver and
-#                              kube-controller-manager (pinned), unpacks etcd
+#                              kube-controller-manager (pinned), unpacks etcd (also
+#                              in the background from the start)
 #   8. pytest tests/deploy     assertions over the rendered manifests and the schema,
 #                              the alerts under promtool, an install of the built
 #                              wheel into a fresh venv, the image run with podman
@@ -58,9 +59,11 @@ else
     out_dir_tmp=1
 fi
 image_pid=""
+k8s_pid=""
 cleanup() {
-    # An early exit must not leave the background image build running.
+    # An early exit must not leave the background builds running.
     if [[ -n "$image_pid" ]]; then kill "$image_pid" 2>/dev/null || true; fi
+    if [[ -n "$k8s_pid" ]]; then kill "$k8s_pid" 2>/dev/null || true; fi
     if [[ -n "$out_dir_tmp" ]]; then rm -rf "$OUT_DIR"; fi
 }
 trap cleanup EXIT
@@ -84,6 +87,15 @@ if [[ "${SKIP_IMAGE:-0}" != 1 ]]; then
     echo "image build started in the background (log: $IMAGE_LOG)"
     bash "$ROOT/scripts/image-check.sh" >"$IMAGE_ENV" 2>"$IMAGE_LOG" &
     image_pid=$!
+fi
+# The control plane's Go build is the longest step: it starts now too, beside
+# the tools' builds (their downloads and links leave cores idle).
+if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
+    K8S_LOG="$OUT_DIR/k8s-tools.log"
+    K8S_ENV="$OUT_DIR/k8s-tools.env"
+    echo "control plane build started in the background (log: $K8S_LOG)"
+    bash "$ROOT/scripts/k8s-tools.sh" >"$K8S_ENV" 2>"$K8S_LOG" &
+    k8s_pid=$!
 fi
 
 # --- tools ---------------------------------------------------------------------
@@ -224,8 +236,13 @@ checkov_report "Dockerfile" "$report" || { cat "$report.log"; fail "checkov Dock
 
 # --- 6. control plane --------------------------------------------------------------
 if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
-    step "control plane (scripts/k8s-tools.sh)"
-    if k8s_env="$("$ROOT/scripts/k8s-tools.sh")"; then
+    step "control plane (scripts/k8s-tools.sh, started in the background)"
+    k8s_ok=0
+    wait "$k8s_pid" || k8s_ok=$?
+    k8s_pid=""
+    cat "$K8S_LOG"
+    if ((k8s_ok == 0)); then
+        k8s_env="$(cat "$K8S_ENV")"
         while IFS='=' read -r key value; do
             case "$key" in
                 ETCD) export GR_ETCD="$value" ;;
