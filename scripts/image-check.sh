@@ -147,6 +147,9 @@ started=$SECONDS
 buildah build --pull=never --isolation chroot --network host --layers \
     "${volumes[@]}" --tag "$IMAGE" --file Dockerfile . >&2
 build_seconds=$((SECONDS - started))
+# buildah 1.28 leaves the stage the others build FROM as a mounted working
+# container; nothing else uses this storage, so drop every container.
+buildah rm --all >/dev/null
 size="$(buildah inspect --type image --format '{{.ImageSize}}' "$IMAGE" 2>/dev/null || true)"
 if [[ -z "$size" || "$size" == "<no value>" ]]; then
     size="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
