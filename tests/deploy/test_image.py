@@ -124,6 +124,7 @@ def test_delivers_end_to_end_and_exits_0_on_sigterm(
         "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
         "GR_API_KEY_FILE": KEY_PATH,
         "GR_BASE_URL": simulator.url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
         "GR_BATCH_LINGER_MS": "100",
         "GR_HTTP_PORT": str(http_port),
         "GR_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
