@@ -1,4 +1,4 @@
-"""Benchmarks of gr-s2s-consumer against baselines measured in the same run (issue 5).
+"""Benchmarks of gr-s2s-consumer against baselines measured in the same run.
 
 `python -m bench` (or `make bench`) runs every scenario against a local Kafka
 broker and the S2S API simulator, each baseline on the same topic as the

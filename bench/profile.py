@@ -66,11 +66,14 @@ def summarise(raw: Path, top: int = 25) -> dict[str, Any]:
     }
 
 
+_CHECKOUT = str(Path(__file__).resolve().parent.parent)  # wherever the repository is
+
+
 def _short(frame: str) -> str:
     """`func (path/to/file.py:12)` -> `func (file.py:12)`; site-packages paths shortened."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
-    for marker in ("site-packages/", "lib/python3", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3", f"{_CHECKOUT}/"):
         if marker in where:
             where = where.split(marker, 1)[1]
     return f"{name} ({where})" if where else name

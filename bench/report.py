@@ -1,4 +1,4 @@
-"""The results as JSON and as a Markdown table, with the targets of issue 5 judged."""
+"""The results as JSON and as a Markdown table, with the benchmark targets judged."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ TARGETS = "targets"
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every target of the issue that the scenarios in `doc` measure: figure, bar, met."""
+    """Every benchmark target that the scenarios in `doc` measure: figure, bar, met."""
     out: list[dict[str, Any]] = []
     sc = doc.get("scenarios", {})
 
@@ -68,7 +68,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- Python {m['python']}; {libs}; Kafka {m['kafka_broker']} (local broker)",
         "- command: `make bench` (`python -m bench --scale full`)",
         "",
-        "## Targets (issue 5)",
+        "## Targets",
         "",
         "| target | figure | bar | met |",
         "| --- | --- | --- | --- |",
@@ -279,8 +279,8 @@ def readme_section(doc: dict[str, Any]) -> str:
         "## Benchmarks",
         "",
         "`make bench` (`python -m bench`; `--scale small` for a quick run, `--only NAME` for one",
-        "scenario) starts a local Kafka broker and the S2S API simulator, runs each scenario of",
-        "issue 5 with its baselines on the same topic in the same run, every measured program in",
+        "scenario) starts a local Kafka broker and the S2S API simulator, runs each scenario",
+        "with its baselines on the same topic in the same run, every measured program in",
         "a process of its own, and writes `bench/results/latest.md` (the full tables) and",
         "`latest.json`. It takes about 25 minutes; it is not part of `make test`, which runs a",
         "tiny smoke run of it instead. `python -m bench.profile --py-spy PATH` profiles the",
@@ -291,7 +291,7 @@ def readme_section(doc: dict[str, Any]) -> str:
         f"{m['libraries']['librdkafka']}), msgspec {m['libraries']['msgspec']}, Kafka "
         f"{m['kafka_broker']}; the machine is shared, load averages are in the report.",
         "",
-        "| target (issue 5) | figure | bar | met |",
+        "| target | figure | bar | met |",
         "| --- | --- | --- | --- |",
     ]
     for t in doc.get(TARGETS, []):

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from consumer import redaction
 from consumer.errors import ConfigError
+from consumer.events import parse_strict_rules
 
 DEFAULT_BASE_URL = "https://sdk-api.gamerebellion.com"
 API_MAX_EVENTS = 100
@@ -41,6 +43,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        redaction.remember(value)  # from now on, scrubbed from every log line and answer
 
     def reveal(self) -> str:
         return self._value
@@ -109,11 +112,14 @@ class Settings:
     dlq_topic: str = "game-events.dlq"
     kafka_extra: Mapping[str, str | Secret] = field(default_factory=dict)
     base_url: str = DEFAULT_BASE_URL
+    api_ca_file: Path | None = None
+    allow_insecure_http: bool = False
     batch_max_events: int = API_MAX_EVENTS
     batch_max_bytes: int = 1_048_576
     batch_linger_ms: int = 500
     event_max_bytes: int = 262_144
     strict_event_types: bool = False
+    strict_rules: tuple[str, ...] = ()
     rate_limit_per_minute: int | None = None
     http_port: int = 8080
     http_timeout_s: float = 10.0
@@ -152,6 +158,8 @@ class Settings:
                 value = {k: ("***" if isinstance(v, Secret) else v) for k, v in value.items()}
             elif isinstance(value, tuple):
                 value = list(value)
+            elif isinstance(value, Path):
+                value = str(value)
             out[f.name] = value
         return out
 
@@ -183,6 +191,17 @@ def _float(env: Mapping[str, str], name: str, default: float, lo: float, hi: flo
     if not lo <= value <= hi:  # also rejects nan
         raise ConfigError(name, f"must be a number from {lo:g} to {hi:g} (got {raw})")
     return value
+
+
+def _strict_rules(env: Mapping[str, str], strict_types: bool) -> tuple[str, ...]:
+    """GR_STRICT_RULES, plus `unknown_types` when GR_STRICT_EVENT_TYPES is true."""
+    try:
+        rules = set(parse_strict_rules(env.get("GR_STRICT_RULES", "")))
+    except ValueError as exc:
+        raise ConfigError("GR_STRICT_RULES", str(exc)) from None
+    if strict_types:
+        rules.add("unknown_types")
+    return tuple(sorted(rules))
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -267,7 +286,13 @@ def _base_url(env: Mapping[str, str]) -> str:
         # checked first: the value may hold a password, so it is never echoed
         raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("GR_BASE_URL", f"must be an http(s) URL (got {raw!r})")
+        raise ConfigError("GR_BASE_URL", f"must be an https URL (got {raw!r})")
+    if parts.scheme == "http" and not _bool(env, "GR_ALLOW_INSECURE_HTTP", False):
+        raise ConfigError(
+            "GR_BASE_URL",
+            f"must be https: over http the API key travels in clear text (got {raw!r}; "
+            "GR_ALLOW_INSECURE_HTTP=true allows http, for a local test server only)",
+        )
     try:
         port = parts.port
     except ValueError:
@@ -277,6 +302,21 @@ def _base_url(env: Mapping[str, str]) -> str:
     if parts.query or parts.fragment:
         raise ConfigError("GR_BASE_URL", "must not have a query or fragment")
     return raw.rstrip("/")
+
+
+def _ca_file(env: Mapping[str, str]) -> Path | None:
+    """GR_API_CA_FILE: a PEM bundle the API's certificate is verified against."""
+    raw = env.get("GR_API_CA_FILE", "").strip()
+    if not raw:
+        return None
+    path = Path(raw)
+    try:
+        head = path.read_bytes()[:65536]
+    except OSError as exc:
+        raise ConfigError("GR_API_CA_FILE", f"cannot read {raw}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise ConfigError("GR_API_CA_FILE", f"{raw} holds no PEM certificate")
+    return path
 
 
 def load(env: Mapping[str, str]) -> Settings:
@@ -309,6 +349,7 @@ def load(env: Mapping[str, str]) -> Settings:
             f"({batch_max_bytes - 16})",
         )
     rate = env.get("GR_RATE_LIMIT_PER_MINUTE", "").strip()
+    strict_types = _bool(env, "GR_STRICT_EVENT_TYPES", False)
     retry_initial = _float(env, "GR_RETRY_INITIAL_S", 0.2, 0.001, 60)
     return Settings(
         bootstrap_servers=bootstrap,
@@ -318,11 +359,14 @@ def load(env: Mapping[str, str]) -> Settings:
         dlq_topic=dlq,
         kafka_extra=_kafka_extra(env),
         base_url=_base_url(env),
+        api_ca_file=_ca_file(env),
+        allow_insecure_http=_bool(env, "GR_ALLOW_INSECURE_HTTP", False),
         batch_max_events=_int(env, "GR_BATCH_MAX_EVENTS", API_MAX_EVENTS, 1, API_MAX_EVENTS),
         batch_max_bytes=batch_max_bytes,
         batch_linger_ms=_int(env, "GR_BATCH_LINGER_MS", 500, 0, 600_000),
         event_max_bytes=event_max,
-        strict_event_types=_bool(env, "GR_STRICT_EVENT_TYPES", False),
+        strict_event_types=strict_types,
+        strict_rules=_strict_rules(env, strict_types),
         rate_limit_per_minute=(
             _int(env, "GR_RATE_LIMIT_PER_MINUTE", 0, 1, 10_000_000) if rate else None
         ),

@@ -15,8 +15,11 @@ How a value is checked, cheapest test first:
 3. The envelope, with the payload kept as `msgspec.Raw` (a slice, not parsed
    into objects): syntax errors are `invalid_json`, shape errors
    `schema_violation`.
-4. The payload, with the decoder of its event type, or as any object for an
-   unknown type (refused instead with `strict_types`).
+4. The payload, with the decoder of its event type (which checks only what
+   the vendor's documentation makes certain), or as any object for an
+   unknown type.
+5. Only when asked: the opt-in strict rules (`GR_STRICT_RULES`), each named
+   in the detail when it fires.
 
 Two decodes beat one tagged union here: a tagged union raises, at about 1 us,
 for every event of an unknown type before a second decode can accept it, and
@@ -36,6 +39,7 @@ from __future__ import annotations
 import enum
 import math
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import msgspec
@@ -47,6 +51,8 @@ __all__ = [
     "EVENT_TYPES",
     "KNOWN_EVENT_TYPES",
     "ROUTES",
+    "STRICT_RULES",
+    "STRICT_RULE_DOCS",
     "AnyKnownEvent",
     "AnyPayload",
     "ClickEvent",
@@ -55,7 +61,6 @@ __all__ = [
     "ConversionPayload",
     "EventDecoder",
     "FeatureUseEvent",
-    "FeatureUsePayload",
     "Identifiers",
     "ImpressionEvent",
     "ImpressionPayload",
@@ -65,15 +70,16 @@ __all__ = [
     "PoisonReason",
     "Route",
     "SessionEndEvent",
-    "SessionPayload",
     "SessionStartEvent",
     "SessionStopEvent",
+    "StrictRule",
     "TransactionEvent",
     "TransactionPayload",
     "Utm",
     "Valid",
     "cap_detail",
     "event_type_of",
+    "parse_strict_rules",
 ]
 
 PoisonReason = Literal["invalid_json", "schema_violation", "empty_value", "too_large"]
@@ -113,26 +119,19 @@ class Poison(Struct, frozen=True, gc=False):
 # --------------------------------------------------------------------------
 
 NonEmptyStr: TypeAlias = Annotated[str, Meta(min_length=1)]
-OptStr: TypeAlias = str | UnsetType
-# Envelope fields a producer's JSON library may write as null for "not set"
-# (Python's None, Go's nil pointers): null counts as absent there. The API
+# Envelope and payload fields a producer's JSON library may write as null for
+# "not set" (Python's None, Go's nil pointers): null counts as absent. The API
 # judges them in the end; refusing them here would dead-letter events it takes.
 NullableStr: TypeAlias = str | UnsetType | None
-
-CURRENCY_PATTERN: Final = "^[A-Z]{3}$"
-# Length is checked by msgspec in C; the letters in __post_init__, which is
-# about 0.5 us cheaper than Meta(pattern=...) and, unlike `re.search` with
-# `$`, does not let "USD\n" through. The pattern is kept for the JSON Schema.
-Currency: TypeAlias = Annotated[
-    str,
-    Meta(
-        min_length=3,
-        max_length=3,
-        extra_json_schema={"pattern": CURRENCY_PATTERN},
-        description="ISO 4217 code: three upper-case ASCII letters, e.g. USD.",
-    ),
-]
 Number: TypeAlias = Annotated[float, Meta(description="A finite JSON number (integer or decimal).")]
+NullableNumber: TypeAlias = Number | UnsetType | None
+
+
+def _require_finite(name: str, value: float | UnsetType | None) -> None:
+    # msgspec already refuses numbers that overflow a double; this keeps the
+    # rule true whatever the msgspec version.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number")
 
 
 class Identifiers(Struct, kw_only=True, gc=False):
@@ -155,67 +154,96 @@ class AnyPayload(Struct, gc=False):
     """Any JSON object."""
 
 
-class TransactionPayload(Struct, kw_only=True, gc=False):
-    """A purchase: a finite amount (any sign) in a three-letter currency."""
+# --------------------------------------------------------------------------
+# Payloads by the default rule: only what the vendor's documentation makes
+# certain to fail is refused. Its examples type `amount`, `usd_value` and
+# `currency`; its client's signatures require `campaign_id` (impression,
+# click, conversion) and `conversion_type` (conversion). Nothing else is
+# required, and every other field passes through unchecked.
+# --------------------------------------------------------------------------
 
-    amount: Number
-    currency: Currency
-    usd_value: Number | UnsetType = UNSET
-    type: OptStr = UNSET
-    description: OptStr = UNSET
-    status: OptStr = UNSET
+
+class TransactionPayload(Struct, kw_only=True, gc=False):
+    """A purchase. amount and usd_value are numbers, currency a string, when present."""
+
+    amount: NullableNumber = UNSET
+    currency: NullableStr = UNSET
+    usd_value: NullableNumber = UNSET
 
     def __post_init__(self) -> None:
-        # msgspec already refuses numbers that overflow a double; this keeps
-        # the rule true whatever the msgspec version.
-        if not math.isfinite(self.amount):
-            raise ValueError("amount must be a finite number")
-        usd = self.usd_value
-        if usd is not UNSET and not math.isfinite(usd):
-            raise ValueError("usd_value must be a finite number")
-        c = self.currency
-        if not (c.isascii() and c.isalpha() and c.isupper()):
-            raise ValueError(f"currency must be 3 upper-case ASCII letters, got {c!r}")
+        _require_finite("amount", self.amount)
+        _require_finite("usd_value", self.usd_value)
 
 
 class ImpressionPayload(Struct, kw_only=True, gc=False):
     """An ad or promotion shown (the vendor client's `track_impression`)."""
 
-    campaign_id: NonEmptyStr
+    campaign_id: str
 
 
 class ClickPayload(Struct, kw_only=True, gc=False):
     """An ad or promotion clicked (the vendor client's `track_click`)."""
 
-    campaign_id: NonEmptyStr
+    campaign_id: str
 
 
 class ConversionPayload(Struct, kw_only=True, gc=False):
     """A campaign goal reached (the vendor client's `track_conversion`)."""
 
-    campaign_id: NonEmptyStr
-    conversion_type: NonEmptyStr
+    campaign_id: str
+    conversion_type: str
 
 
-class FeatureUsePayload(Struct, kw_only=True, gc=False):
-    """A game feature used. `feature_name` names it; the rest is optional."""
+# --------------------------------------------------------------------------
+# Opt-in strict rules (`GR_STRICT_RULES`). Each checks one thing the vendor
+# does not document, runs after the default check, and names itself in the
+# DLQ detail when it fires.
+# --------------------------------------------------------------------------
 
-    feature_name: NonEmptyStr
-    category: OptStr = UNSET
-    type: OptStr = UNSET
-    completion_status: OptStr = UNSET
-    time_spent: Number | UnsetType = UNSET
+StrictRule = Literal[
+    "transaction_fields", "currency_format", "feature_name", "session_id", "unknown_types"
+]
+STRICT_RULES: Final[tuple[str, ...]] = get_args(StrictRule)
+STRICT_RULE_DOCS: Final[dict[str, str]] = {
+    "transaction_fields": "transaction payloads need amount (a number) and currency (a string)",
+    "currency_format": "a transaction's currency is three upper-case ASCII letters (ISO 4217)",
+    "feature_name": "feature_use payloads need a non-empty string feature_name",
+    "session_id": "session_start/stop/end payloads need a non-empty string session_id",
+    "unknown_types": "event types other than the known ones are refused",
+}
+
+
+class _TransactionFields(Struct, kw_only=True, gc=False):
+    amount: Number
+    currency: str
+
+
+class _CurrencyFormat(Struct, kw_only=True, gc=False):
+    currency: NullableStr = UNSET
 
     def __post_init__(self) -> None:
-        t = self.time_spent
-        if t is not UNSET and not math.isfinite(t):
-            raise ValueError("time_spent must be a finite number")
+        c = self.currency
+        # isupper() alone would pass "ÜSD" or fullwidth letters.
+        if isinstance(c, str) and not (len(c) == 3 and c.isascii() and c.isalpha() and c.isupper()):
+            raise ValueError(f"currency must be 3 upper-case ASCII letters, got {_excerpt(c)}")
 
 
-class SessionPayload(Struct, kw_only=True, gc=False):
-    """A session's start, stop or end; `session_id` ties the three together."""
+class _FeatureName(Struct, kw_only=True, gc=False):
+    feature_name: NonEmptyStr
 
+
+class _SessionId(Struct, kw_only=True, gc=False):
     session_id: NonEmptyStr
+
+
+_SESSION_TYPES: Final = ("session_start", "session_stop", "session_end")
+# rule -> (the event types it applies to, the payload type it checks)
+_RULE_CHECKS: Final[dict[str, tuple[tuple[str, ...], type[Struct]]]] = {
+    "transaction_fields": (("transaction",), _TransactionFields),
+    "currency_format": (("transaction",), _CurrencyFormat),
+    "feature_name": (("feature_use",), _FeatureName),
+    "session_id": (_SESSION_TYPES, _SessionId),
+}
 
 
 _IDENTIFIERS_DOC: Final = (
@@ -266,30 +294,30 @@ class ConversionEvent(KnownEvent, tag="conversion", kw_only=True, gc=False):
 
 
 class FeatureUseEvent(KnownEvent, tag="feature_use", kw_only=True, gc=False):
-    """A feature use; batched."""
+    """A feature use; batched. The payload is any object (the vendor names no field)."""
 
-    payload: FeatureUsePayload
+    payload: AnyPayload
 
 
 class SessionStartEvent(KnownEvent, tag="session_start", kw_only=True, gc=False):
     """Sent alone to /api/v1/sessions/start, in partition order."""
 
     ROUTE: ClassVar[Route] = Route.SESSION_START
-    payload: SessionPayload
+    payload: AnyPayload
 
 
 class SessionStopEvent(KnownEvent, tag="session_stop", kw_only=True, gc=False):
     """Sent alone to /api/v1/sessions/stop, in partition order."""
 
     ROUTE: ClassVar[Route] = Route.SESSION_STOP
-    payload: SessionPayload
+    payload: AnyPayload
 
 
 class SessionEndEvent(KnownEvent, tag="session_end", kw_only=True, gc=False):
     """Sent alone to /api/v1/sessions/end, in partition order."""
 
     ROUTE: ClassVar[Route] = Route.SESSION_END
-    payload: SessionPayload
+    payload: AnyPayload
 
 
 AnyKnownEvent: TypeAlias = (
@@ -348,6 +376,9 @@ def _payload_type(cls: type[KnownEvent]) -> Any:
 _ENVELOPE_DECODER: Final = msgspec.json.Decoder(_RawEnvelope)
 _PAYLOAD_CHECKS: Final[dict[str, tuple[msgspec.json.Decoder[Any], Route]]] = {
     event_type_of(t): (msgspec.json.Decoder(_payload_type(t)), t.ROUTE) for t in EVENT_TYPES
+}
+_RULE_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
+    rule: msgspec.json.Decoder(payload_type) for rule, (_, payload_type) in _RULE_CHECKS.items()
 }
 _ANY_PAYLOAD_DECODER: Final = msgspec.json.Decoder(AnyPayload)
 _ANY_DECODER: Final = msgspec.json.Decoder()
@@ -441,19 +472,67 @@ def _unexpected(exc: Exception) -> Poison:
 # --------------------------------------------------------------------------
 
 
+def parse_strict_rules(text: str) -> tuple[str, ...]:
+    """`GR_STRICT_RULES`: comma-separated rule names, or `all`; sorted, no repeats.
+
+    Raises ValueError naming the unknown rule and listing the known ones.
+    """
+    names = {part.strip() for part in text.split(",")} - {""}
+    if "all" in names:
+        return tuple(sorted(STRICT_RULES))
+    unknown = sorted(names - set(STRICT_RULES))
+    if unknown:
+        known = ", ".join(STRICT_RULES)
+        raise ValueError(f"unknown rule {unknown[0]!r}; the rules are: {known}, or all")
+    return tuple(sorted(names))
+
+
+_Check: TypeAlias = tuple[
+    msgspec.json.Decoder[Any], Route, tuple[tuple[str, msgspec.json.Decoder[Any]], ...]
+]
+
+
 class EventDecoder:
     """Decodes and validates record values; build one, reuse it for every record.
 
-    Thread-safe: msgspec Decoders keep no state between calls.
+    By default only what the vendor's documentation makes certain to fail is
+    refused; `strict_rules` adds opt-in checks (see `STRICT_RULE_DOCS`), each
+    named in the detail when it fires. `strict_types=True` is the rule
+    `unknown_types`. Thread-safe: msgspec Decoders keep no state between calls.
     """
 
-    __slots__ = ("_max_bytes", "_strict_types")
+    __slots__ = ("_checks", "_max_bytes", "_strict_rules", "_strict_types")
 
-    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, strict_types: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        strict_types: bool = False,
+        strict_rules: Iterable[str] = (),
+    ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive integer, got {max_bytes!r}")
+        rules = set(strict_rules)
+        unknown = rules - set(STRICT_RULES)
+        if unknown:
+            raise ValueError(f"unknown strict rules: {sorted(unknown)}")
+        if strict_types:
+            rules.add("unknown_types")
         self._max_bytes = max_bytes
-        self._strict_types = strict_types
+        self._strict_rules = tuple(sorted(rules))
+        self._strict_types = "unknown_types" in rules
+        self._checks: dict[str, _Check] = {
+            event_type: (
+                decoder,
+                route,
+                tuple(
+                    (rule, _RULE_DECODERS[rule])
+                    for rule in self._strict_rules
+                    if rule in _RULE_CHECKS and event_type in _RULE_CHECKS[rule][0]
+                ),
+            )
+            for event_type, (decoder, route) in _PAYLOAD_CHECKS.items()
+        }
 
     @property
     def max_bytes(self) -> int:
@@ -462,6 +541,10 @@ class EventDecoder:
     @property
     def strict_types(self) -> bool:
         return self._strict_types
+
+    @property
+    def strict_rules(self) -> tuple[str, ...]:
+        return self._strict_rules
 
     def decode(self, value: bytes | None) -> Valid | Poison:
         """Classify one record value. Never raises an Exception."""
@@ -489,18 +572,25 @@ class EventDecoder:
             return _unexpected(exc)
 
         event_type = envelope.event_type
-        check = _PAYLOAD_CHECKS.get(event_type)
+        check = self._checks.get(event_type)
         try:
             if check is None:
                 if self._strict_types:
-                    detail = f"unknown event_type {_excerpt(event_type)} (strict types)"
+                    detail = f"strict rule unknown_types: unknown event_type {_excerpt(event_type)}"
                     return Poison("schema_violation", detail + " - at `$.event_type`")
                 _ANY_PAYLOAD_DECODER.decode(envelope.payload)
                 return Valid(event_type, Route.BATCH, value)
-            payload_decoder, route = check
+            payload_decoder, route, rules = check
             payload_decoder.decode(envelope.payload)
-            return Valid(event_type, route, value)
         except msgspec.ValidationError as exc:
             return _payload_violation(event_type, str(exc))
         except Exception as exc:  # noqa: BLE001
             return _unexpected(exc)
+        for rule, rule_decoder in rules:
+            try:
+                rule_decoder.decode(envelope.payload)
+            except msgspec.ValidationError as exc:
+                return _payload_violation(event_type, f"strict rule {rule}: {exc}")
+            except Exception as exc:  # noqa: BLE001
+                return _unexpected(exc)
+        return Valid(event_type, route, value)

@@ -14,12 +14,15 @@ import logging
 import sys
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from consumer import redaction
 
 log = logging.getLogger("consumer")
 
@@ -167,10 +170,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/metrics":
-            self._send(200, self.metrics.render(), CONTENT_TYPE_LATEST)
+            self._send(200, redaction.scrub_bytes(self.metrics.render()), CONTENT_TYPE_LATEST)
         elif self.path in ("/healthz", "/readyz"):
             ok, reason = self.health.live() if self.path == "/healthz" else self.health.ready()
-            body = orjson.dumps({"status": "ok" if ok else "unavailable", "reason": reason})
+            body = orjson.dumps(
+                {"status": "ok" if ok else "unavailable", "reason": redaction.scrub(reason)}
+            )
             self._send(200 if ok else 503, body, "application/json")
         else:
             self._send(404, b'{"error":"not found"}', "application/json")
@@ -212,24 +217,37 @@ class OpsServer:
 
 # ---- logging ----
 
+_log = logging.getLogger("consumer")
+
+
+def _log_uncaught(
+    kind: type[BaseException], exc: BaseException, tb: types.TracebackType | None
+) -> None:
+    _log.critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    exc = args.exc_value if args.exc_value is not None else args.exc_type()
+    name = args.thread.name if args.thread is not None else "?"
+    _log.critical(
+        "uncaught exception in thread %s", name, exc_info=(args.exc_type, exc, args.exc_traceback)
+    )
+
+
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
-class _Redactor(logging.Filter):
-    """Last line of defence: any registered secret in a log line becomes '***'."""
+class RedactingFormatter(logging.Formatter):
+    """Scrubs the finished line: message, fields, exception text and traceback alike."""
 
-    def __init__(self, secrets: list[str]) -> None:
+    def __init__(self, inner: logging.Formatter) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 4]
+        self._inner = inner
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
-            text = record.getMessage()
-            for secret in self._secrets:
-                if secret in text:
-                    text = text.replace(secret, "***")
-            record.msg, record.args = text, None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return redaction.scrub(self._inner.format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -262,10 +280,18 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str, fmt: str, secrets: list[str]) -> None:
+def setup_logging(level: str, fmt: str, secrets: list[str] | None = None) -> None:
+    """JSON or text lines on stderr, every one scrubbed of every secret (see redaction).
+
+    `secrets` adds values that are not `config.Secret`s; uncaught exceptions in any
+    thread are logged through the same handler instead of printed raw.
+    """
+    for secret in secrets or ():
+        redaction.remember(secret)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(_Redactor(secrets))
+    handler.setFormatter(RedactingFormatter(JsonFormatter() if fmt == "json" else TextFormatter()))
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -51,6 +51,7 @@ Errors::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -230,7 +231,12 @@ def player_id_key(event: Mapping[str, Any]) -> str | None:
 
 
 # Environment variables a Kafka-only tool reads; the rest (the API key above all) it does not need.
-_TOOL_VARS: Final = ("GR_EVENT_MAX_BYTES", "GR_BATCH_MAX_BYTES", "GR_STRICT_EVENT_TYPES")
+_TOOL_VARS: Final = (
+    "GR_EVENT_MAX_BYTES",
+    "GR_BATCH_MAX_BYTES",
+    "GR_STRICT_EVENT_TYPES",
+    "GR_STRICT_RULES",
+)
 
 
 def kafka_settings(env: Mapping[str, str]) -> config.Settings:
@@ -238,7 +244,7 @@ def kafka_settings(env: Mapping[str, str]) -> config.Settings:
 
     Reads the `KAFKA_*` variables (with the same pass-through and the same
     errors as the service) and the event limits (`GR_EVENT_MAX_BYTES`,
-    `GR_BATCH_MAX_BYTES`, `GR_STRICT_EVENT_TYPES`); no API key is needed and
+    `GR_BATCH_MAX_BYTES`, `GR_STRICT_EVENT_TYPES`, `GR_STRICT_RULES`); no API key is needed and
     the other `GR_*` variables are not looked at.
     """
     scoped = {k: v for k, v in env.items() if k.startswith("KAFKA_") or k in _TOOL_VARS}
@@ -252,6 +258,23 @@ def first_plain_topic(settings: config.Settings) -> str:
         if not topic.startswith("^"):
             return topic
     raise ConfigError("KAFKA_TOPICS", "names no plain topic to produce to (only ^regexes)")
+
+
+def _non_finite_at(obj: object, path: str) -> str | None:
+    """The path of the first NaN or infinite float in `obj`, if any."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else path
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            found = _non_finite_at(value, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            found = _non_finite_at(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _without_none(fields: object) -> object:
@@ -296,13 +319,16 @@ class GameRebellionKafka:
         on_delivery: Callable[[DeliveryReport], None] | None = None,
         max_event_bytes: int = DEFAULT_MAX_BYTES,
         strict_types: bool = False,
+        strict_rules: Iterable[str] = (),
         queue_full_timeout_s: float = 30.0,
     ) -> None:
         """`config` is passed to librdkafka (`security.protocol`, `linger.ms`, ...);
         `enable.idempotence` and `acks` are always `true` and `all`.
 
-        `max_event_bytes` and `strict_types` should match the consumer's
-        `GR_EVENT_MAX_BYTES` and `GR_STRICT_EVENT_TYPES` (`from_env` does that).
+        `max_event_bytes`, `strict_types` and `strict_rules` should match the
+        consumer's `GR_EVENT_MAX_BYTES`, `GR_STRICT_EVENT_TYPES` and
+        `GR_STRICT_RULES` (`from_env` does that): a producer then refuses exactly
+        what the consumer would dead-letter, and nothing it would deliver.
         When librdkafka's queue is full a call waits up to `queue_full_timeout_s`
         for room, then raises `DeliveryError`.
         """
@@ -317,7 +343,9 @@ class GameRebellionKafka:
         self._topic = topic
         self._key = key
         self._on_delivery = on_delivery
-        self._decoder = EventDecoder(max_bytes=max_event_bytes, strict_types=strict_types)
+        self._decoder = EventDecoder(
+            max_bytes=max_event_bytes, strict_types=strict_types, strict_rules=strict_rules
+        )
         self._queue_full_timeout = queue_full_timeout_s
         self._lock = threading.Lock()
         self._cond = threading.Condition()  # shared by this client's futures
@@ -351,7 +379,7 @@ class GameRebellionKafka:
         conf = producer_config(settings, **{"client.id": f"gr-producer-{os.getpid()}"})
         bootstrap = conf.pop("bootstrap.servers")
         kwargs.setdefault("max_event_bytes", settings.event_max_bytes)
-        kwargs.setdefault("strict_types", settings.strict_event_types)
+        kwargs.setdefault("strict_rules", settings.strict_rules)
         return cls(bootstrap, topic or first_plain_topic(settings), config=conf, **kwargs)
 
     @property
@@ -548,6 +576,11 @@ class GameRebellionKafka:
             value = orjson.dumps(event)
         except orjson.JSONEncodeError as exc:
             raise InvalidEventError(event.get("event_type"), "not_serializable", str(exc)) from None
+        where = _non_finite_at(event, "$")
+        if where is not None:
+            # orjson would write null; the vendor's client (json, allow_nan=False) refuses.
+            detail = f"NaN and Infinity are not JSON - at `{where}`"
+            raise InvalidEventError(event.get("event_type"), "not_serializable", detail)
         verdict = self._decoder.decode(value)
         if isinstance(verdict, Poison):
             raise InvalidEventError(event.get("event_type"), verdict.reason, verdict.detail)

@@ -111,8 +111,12 @@ class S2SClient:
         key_source: ApiKeySource,
         *,
         timeout_s: float = 10.0,
+        ca_file: str | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
+        # The API's certificate is always verified (libcurl's default, never turned off),
+        # against GR_API_CA_FILE, else SSL_CERT_FILE, else the system's bundle.
+        self._ca_file = ca_file or os.environ.get("SSL_CERT_FILE") or None
         self._key_source = key_source
         self._key_lock = threading.Lock()
         self._key: Secret = key_source.read()
@@ -142,9 +146,10 @@ class S2SClient:
         curl.setopt(pycurl.USERAGENT, _USER_AGENT)
         curl.setopt(pycurl.HEADERFUNCTION, exchange.lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, exchange.write)
-        cafile = os.environ.get("SSL_CERT_FILE")
-        if cafile:
-            curl.setopt(pycurl.CAINFO, cafile)
+        curl.setopt(pycurl.SSL_VERIFYPEER, 1)
+        curl.setopt(pycurl.SSL_VERIFYHOST, 2)
+        if self._ca_file:
+            curl.setopt(pycurl.CAINFO, self._ca_file)
         with self._handles_lock:
             self._handles.append(curl)
         return curl, exchange

@@ -143,13 +143,14 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self._decoder = EventDecoder(
-            max_bytes=settings.event_max_bytes, strict_types=settings.strict_event_types
+            max_bytes=settings.event_max_bytes, strict_rules=settings.strict_rules
         )
         self._pacer = Pacer(cap_per_minute=settings.rate_limit_per_minute)
         self._client = S2SClient(
             settings.base_url,
             settings.api_key,
             timeout_s=settings.http_timeout_s,
+            ca_file=str(settings.api_ca_file) if settings.api_ca_file else None,
         )
         self._deliverer = Deliverer(
             self._client,

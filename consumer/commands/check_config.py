@@ -8,7 +8,7 @@ import sys
 
 import orjson
 
-from consumer import config
+from consumer import config, redaction
 from consumer.errors import ConfigError
 from consumer.kafka_config import validate_librdkafka
 
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_librdkafka:
             validate_librdkafka(settings)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {redaction.scrub(str(exc))}", file=sys.stderr)
         return 2
     sys.stdout.write(
         orjson.dumps(

@@ -1,4 +1,4 @@
-"""`gr-consumer run`: the service, configured by the environment (CONTRACT section 7)."""
+"""`gr-consumer run`: the service, configured by the environment."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from consumer import config
+from consumer import config, redaction
 from consumer.errors import ConfigError
 from consumer.kafka_config import validate_librdkafka
 
@@ -23,18 +23,25 @@ def run(args: argparse.Namespace) -> int:
         settings = config.load(os.environ)
         validate_librdkafka(settings)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {redaction.scrub(str(exc))}", file=sys.stderr)
         return 2
     return serve(settings)
 
 
 def serve(settings: config.Settings) -> int:
     """Run a worker with its ops endpoints until SIGTERM/SIGINT; returns the exit code."""
+    from consumer.kafka_access import check_kafka_access
     from consumer.observe import Health, Metrics, OpsServer, setup_logging
     from consumer.worker import Worker
 
     secrets = [settings.api_key.read().reveal(), *settings.librdkafka_secrets().values()]
     setup_logging(settings.log_level, settings.log_format, secrets)
+    try:
+        check_kafka_access(settings)
+    except ConfigError as exc:
+        log.error("configuration error", extra={"variable": exc.variable, "problem": exc.problem})
+        print(f"configuration error: {redaction.scrub(str(exc))}", file=sys.stderr)
+        return 2
     metrics, health = Metrics(), Health()
     ops = OpsServer(settings.http_port, metrics, health)
     ops.start()

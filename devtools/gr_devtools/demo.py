@@ -8,6 +8,8 @@ poison among them, one worker until everything is committed, and a summary.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
 import logging
 import os
 import sys
@@ -47,19 +49,36 @@ def run(args: argparse.Namespace) -> int:
             sim.set_reject_rule({"payload.description": "reject-me"})
             print(f"  S2S API simulator at {sim.url} (500s: {args.error_rate:.0%}, "
                   "rejects events described 'reject-me')")  # fmt: skip
-            expected = _publish(cluster.bootstrap, topic, args.events, args.partitions)
-            print(f"  published {args.events:,} events to {topic}: "
+            expected, valid = _publish(cluster.bootstrap, topic, args.events, args.partitions)
+            print(f"  published {sum(expected.values()):,} events to {topic} (the API "
+                  f"documentation's {len(samples.vendor_examples())} example bodies first): "
                   + ", ".join(f"{k} {v}" for k, v in sorted(expected.items())))  # fmt: skip
-            return _consume(args, cluster.bootstrap, topic, dlq, sim, expected, started)
+            return _consume(args, cluster.bootstrap, topic, dlq, sim, expected, valid, started)
 
 
-def _publish(bootstrap: str, topic: str, count: int, partitions: int) -> Counter[str]:
+def _digest(value: bytes) -> bytes:
+    return hashlib.blake2b(value, digest_size=16).digest()
+
+
+def _publish(
+    bootstrap: str, topic: str, count: int, partitions: int
+) -> tuple[Counter[str], set[bytes]]:
+    """Publish the samples; what each is expected to become, and digests of the valid ones."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
                          "linger.ms": 20, "message.max.bytes": 2_000_000,
                          "logger": logging.getLogger("demo.producer")})  # fmt: skip
     expected: Counter[str] = Counter()
-    for s in samples.generate(count, poison_share=0.01, reject_share=0.002):
+    valid_values: set[bytes] = set()
+    # The documentation's own example bodies first, verbatim, then the generated mix.
+    documented = (
+        samples.Sample(b"player-12345", e.body, "valid", i)
+        for i, e in enumerate(samples.vendor_examples())
+    )
+    generated = samples.generate(count, poison_share=0.01, reject_share=0.002)
+    for s in itertools.chain(documented, generated):
         expected[s.expect] += 1
+        if s.expect == "valid" and s.value is not None:
+            valid_values.add(_digest(s.value))
         while True:
             try:
                 producer.produce(topic, key=s.key, value=s.value, partition=s.seq % partitions)
@@ -67,7 +86,30 @@ def _publish(bootstrap: str, topic: str, count: int, partitions: int) -> Counter
             except BufferError:
                 producer.poll(0.05)
     producer.flush(60)
-    return expected
+    return expected, valid_values
+
+
+def _valid_in_dlq(bootstrap: str, dlq: str, valid: set[bytes]) -> int:
+    """DLQ records whose value was published as a valid event: must be none."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-dlq-{uuid.uuid4().hex}",
+                       "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
+    try:
+        end = reader.get_watermark_offsets(TopicPartition(dlq, 0), timeout=10)[1]
+        reader.assign([TopicPartition(dlq, 0, 0)])
+        found, read = 0, 0
+        while read < end:
+            batch = reader.consume(500, timeout=2)
+            if not batch:
+                break
+            for msg in batch:
+                if msg.error() is None:
+                    read += 1
+                    value = msg.value()
+                    if value is not None and _digest(value) in valid:
+                        found += 1
+        return found
+    finally:
+        reader.close()
 
 
 def _lag(bootstrap: str, group: str, topic: str, partitions: int) -> int:
@@ -91,6 +133,7 @@ def _consume(
     dlq: str,
     sim: Simulator,
     expected: Counter[str],
+    valid: set[bytes],
     started: float,
 ) -> int:
     from consumer.observe import setup_logging
@@ -103,6 +146,7 @@ def _consume(
         "KAFKA_DLQ_TOPIC": dlq,
         "GR_API_KEY": "demo-key",
         "GR_BASE_URL": sim.url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
         "GR_BATCH_LINGER_MS": "200",
         "GR_RETRY_INITIAL_S": "0.05",
         "GR_RETRY_MAX_S": "1",
@@ -154,11 +198,18 @@ def _consume(
         "  dead-lettered           "
         + (", ".join(f"{k} {v}" for k, v in sorted(dlq_counts.items())) or "none")
     )
+    valid_dead_lettered = _valid_in_dlq(bootstrap, dlq, valid)
+    print(f"  valid events in the DLQ {valid_dead_lettered} (of {expected['valid']:,})")
     print(f"  API answers             {dict(sorted(sim.status_counts().items()))}")
     print(f"  group lag at the end    {lag}")
     print(f"  consumer time           {elapsed:.1f}s ({st['delivered'] / elapsed:,.0f} events/s)")
     print(f"  total time              {time.monotonic() - started:.1f}s")
     want_dlq = total - expected["valid"]
-    ok = lag == 0 and st["delivered"] >= expected["valid"] and st["dead_lettered"] == want_dlq
+    ok = (
+        lag == 0
+        and st["delivered"] >= expected["valid"]
+        and st["dead_lettered"] == want_dlq
+        and valid_dead_lettered == 0
+    )
     print("  result                  " + ("OK: nothing lost" if ok else "INCOMPLETE"))
     return 0 if ok and codes == [0] else 1

@@ -77,6 +77,14 @@ def ensure_jars() -> Path:
     return libs
 
 
+def _openssl(*args: str) -> None:
+    if shutil.which("openssl") is None:
+        raise KafkaLaunchError("the openssl command is needed to make test certificates")
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise KafkaLaunchError(f"openssl {args[0]} failed: {proc.stderr or proc.stdout}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,6 +114,14 @@ class LocalKafka:
     # serve that listener over TLS (SASL_SSL) with a self-signed certificate
     # made by keytool; clients trust `ca_pem`
     sasl_tls: bool = False
+    # users of a SASL_SSL listener with SCRAM-SHA-512; their credentials are
+    # written into the metadata when the storage is formatted
+    scram_users: dict[str, str] = field(default_factory=dict)
+    scram_port: int = field(default_factory=free_port)
+    # an SSL listener that requires a client certificate signed by `client_ca_pem`
+    # (mutual TLS); `client_certificate()` makes certificates for clients
+    mtls: bool = False
+    mtls_port: int = field(default_factory=free_port)
     _proc: subprocess.Popen[bytes] | None = None
     _formatted: bool = False
 
@@ -128,6 +144,51 @@ class LocalKafka:
     @property
     def ca_pem(self) -> Path:
         return self.data_dir / "tls" / "broker.pem"
+
+    @property
+    def scram_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.scram_port}"
+
+    @property
+    def mtls_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.mtls_port}"
+
+    @property
+    def client_ca_pem(self) -> Path:
+        """The CA the mTLS listener trusts for client certificates."""
+        return self.data_dir / "tls" / "client-ca.pem"
+
+    def client_certificate(self, name: str, *, trusted: bool = True) -> tuple[Path, Path]:
+        """A client certificate and key (PEM) for the mTLS listener, made with openssl.
+
+        `trusted=False` makes a self-signed one the broker does not know.
+        """
+        tls = self.data_dir / "tls"
+        self._make_client_ca()
+        key, cert = tls / f"{name}.key", tls / f"{name}.pem"
+        if cert.exists():
+            return cert, key
+        subj = f"/CN={name}"
+        if trusted:
+            csr = tls / f"{name}.csr"
+            _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", subj,
+                     "-keyout", str(key), "-out", str(csr))  # fmt: skip
+            _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.client_ca_pem),
+                     "-CAkey", str(tls / "client-ca.key"), "-CAcreateserial", "-days", "2",
+                     "-out", str(cert))  # fmt: skip
+        else:
+            _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                     "-subj", subj, "-keyout", str(key), "-out", str(cert))  # fmt: skip
+        return cert, key
+
+    def _make_client_ca(self) -> None:
+        tls = self.data_dir / "tls"
+        if self.client_ca_pem.exists():
+            return
+        tls.mkdir(parents=True, exist_ok=True)
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                 "-subj", "/CN=gr-local-client-ca", "-keyout", str(tls / "client-ca.key"),
+                 "-out", str(self.client_ca_pem))  # fmt: skip
 
     def _make_certificate(self) -> None:
         """A self-signed certificate for 127.0.0.1 and localhost, valid for two days."""
@@ -181,14 +242,39 @@ class LocalKafka:
             props[f"listener.name.{proto.lower()}.plain.sasl.jaas.config"] = (
                 "org.apache.kafka.common.security.plain.PlainLoginModule required " + users + ";"
             )
-            if self.sasl_tls:
-                self._make_certificate()
-                props["ssl.keystore.location"] = str(self.data_dir / "tls" / "broker.p12")
-                props["ssl.keystore.type"] = "PKCS12"
-                props["ssl.keystore.password"] = _TLS_STORE_PASSWORD
-                props["ssl.key.password"] = _TLS_STORE_PASSWORD
+            props[f"listener.name.{proto.lower()}.sasl.enabled.mechanisms"] = "PLAIN"
+        if self.scram_users:
+            # a listener of its own name, so it can be SASL_SSL next to the PLAIN one
+            props["listeners"] += f",SCRAM://127.0.0.1:{self.scram_port}"
+            props["advertised.listeners"] += f",SCRAM://127.0.0.1:{self.scram_port}"
+            props["listener.security.protocol.map"] += ",SCRAM:SASL_SSL"
+            props["listener.name.scram.sasl.enabled.mechanisms"] = "SCRAM-SHA-512"
+            props["listener.name.scram.scram-sha-512.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        if self.mtls:
+            self._make_client_ca()
+            props["listeners"] += f",MTLS://127.0.0.1:{self.mtls_port}"
+            props["advertised.listeners"] += f",MTLS://127.0.0.1:{self.mtls_port}"
+            props["listener.security.protocol.map"] += ",MTLS:SSL"
+            props["listener.name.mtls.ssl.client.auth"] = "required"
+            props["listener.name.mtls.ssl.truststore.type"] = "PEM"
+            props["listener.name.mtls.ssl.truststore.location"] = str(self.client_ca_pem)
+        if (self.sasl_users and self.sasl_tls) or self.scram_users or self.mtls:
+            self._make_certificate()
+            props["ssl.keystore.location"] = str(self.data_dir / "tls" / "broker.p12")
+            props["ssl.keystore.type"] = "PKCS12"
+            props["ssl.keystore.password"] = _TLS_STORE_PASSWORD
+            props["ssl.key.password"] = _TLS_STORE_PASSWORD
         props.update(self.extra_properties)
         return "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _scram_credentials(self) -> list[str]:
+        """`--add-scram` arguments: SCRAM users exist from the first start on."""
+        out: list[str] = []
+        for user, password in self.scram_users.items():
+            out += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
+        return out
 
     def _java(self, libs: Path, *args: str) -> list[str]:
         return ["java", "-cp", str(libs / "*"), *args]
@@ -205,6 +291,7 @@ class LocalKafka:
                 self._java(
                     libs, "kafka.tools.StorageTool", "format",
                     "-t", uuid.uuid4().hex[:22], "-c", str(config), "--ignore-formatted",
+                    *self._scram_credentials(),
                 ),
                 capture_output=True, text=True, check=False,
             )  # fmt: skip

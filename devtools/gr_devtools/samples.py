@@ -1,7 +1,8 @@
 """Sample game events, valid and poison, for the demo, tests and benchmarks.
 
 Deterministic for a seed, so a run can be repeated and compared. About 300
-bytes each, in the contract's mix of types.
+bytes each, in the documented mix of types, with the S2S API documentation's
+own example bodies (`schemas/examples/vendor-examples.json`) among them.
 """
 
 from __future__ import annotations
@@ -9,11 +10,41 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 POISON_KINDS = ("invalid_json", "schema_violation", "empty_value", "too_large")
+VENDOR_EXAMPLES_FILE = Path("schemas", "examples", "vendor-examples.json")
+
+
+@dataclass(frozen=True, slots=True)
+class VendorExample:
+    """One body the S2S API documentation shows or implies; `body` is its exact bytes."""
+
+    name: str
+    shown: str
+    body: bytes
+
+
+def vendor_examples_path() -> Path:
+    """The fixture in the checkout this module runs from (development tools need one)."""
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / VENDOR_EXAMPLES_FILE
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{VENDOR_EXAMPLES_FILE} not found above {Path(__file__).parent}")
+
+
+@cache
+def vendor_examples() -> tuple[VendorExample, ...]:
+    """Every documented body, in the fixture's order."""
+    doc = orjson.loads(vendor_examples_path().read_bytes())
+    return tuple(
+        VendorExample(e["name"], e["shown"], e["body"].encode("utf-8")) for e in doc["examples"]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +79,17 @@ def valid_event(i: int, rng: random.Random) -> dict[str, Any]:
                 "payload": {"campaign_id": f"cmp-{rng.randrange(100)}",
                             "conversion_type": "install", "seq": i}}  # fmt: skip
     if roll < 0.995:
+        if rng.random() < 0.5:  # as the documentation's cURL example writes it: no feature_name
+            return {"event_type": "feature_use", "identifiers": ids,
+                    "payload": {"type": rng.choice(["test", "tutorial", "menu"]),
+                                "name": rng.choice(["first_event", "daily_bonus", "guild_chat"]),
+                                "category": "setup", "seq": i}}  # fmt: skip
         return {"event_type": "feature_use", "identifiers": ids, "utm": utm,
                 "payload": {"feature_name": rng.choice(["daily_bonus", "guild_chat", "pvp_arena"]),
                             "level": rng.randrange(1, 80), "seq": i}}  # fmt: skip
     kind = rng.choice(["session_start", "session_end"])
+    if rng.random() < 0.5:  # the documentation shows no session body: no session_id either
+        return {"event_type": kind, "identifiers": ids, "payload": {"seq": i}}
     return {"event_type": kind, "identifiers": ids,
             "payload": {"session_id": f"s-{player}-{i}", "seq": i}}  # fmt: skip
 

@@ -1,4 +1,4 @@
-"""A local stand-in for the GameRebellion S2S API (CONTRACT section 2), as a real HTTP server.
+"""A local stand-in for the GameRebellion S2S API, as a real HTTP server (docs/contract.md).
 
 Integration tests, fault tests, benchmarks and the demo all talk to it over the
 network exactly as the service talks to the vendor, so what they measure is the

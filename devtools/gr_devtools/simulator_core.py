@@ -65,6 +65,7 @@ class Record:
     time: float
     events: list[dict[str, Any]]
     status: int = 200
+    body: bytes = b""  # the request body exactly as it arrived
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -399,7 +400,9 @@ class SimulatorCore:
         with self._lock:
             self._need_records()
             raw = sorted(self._records, key=lambda r: r[0])
-        return [Record(seq, path, t, _events_of(path, body)) for seq, path, t, body in raw]
+        return [
+            Record(seq, path, t, _events_of(path, body), body=body) for seq, path, t, body in raw
+        ]
 
     def accepted_events(self) -> list[dict[str, Any]]:
         return [event for record in self.records() for event in record.events]

@@ -68,6 +68,7 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
         "KAFKA_HEARTBEAT_INTERVAL_MS": "1000",
         "GR_API_KEY": API_KEY,
         "GR_BASE_URL": sim.url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
         "GR_BATCH_LINGER_MS": "100",
         # smaller batches: the run lasts long enough for the whole schedule
         "GR_BATCH_MAX_EVENTS": "40",

@@ -41,6 +41,7 @@ def _settings(broker: LocalKafka, topic: str, sim: Simulator, **extra: str) -> c
             "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
             "GR_API_KEY": KEY,
             "GR_BASE_URL": sim.url,
+            "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
             "GR_HTTP_PORT": "0",
             "GR_BATCH_LINGER_MS": "50",
             "GR_HTTP_TIMEOUT_S": "1",

@@ -47,6 +47,7 @@ def _env(
         "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
         "GR_API_KEY": API_KEY,
         "GR_BASE_URL": sim.url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
         "GR_HTTP_PORT": str(port),
         "GR_RETRY_INITIAL_S": "0.05",
         "GR_RETRY_MAX_S": "0.5",

@@ -39,6 +39,7 @@ def make_settings(bootstrap: str, simulator: Simulator) -> SettingsFactory:
             "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
             "GR_API_KEY": API_KEY,
             "GR_BASE_URL": simulator.url,
+            "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
             "GR_BATCH_LINGER_MS": "100",
             "GR_HTTP_PORT": "0",
             "GR_RETRY_INITIAL_S": "0.05",

@@ -98,6 +98,7 @@ BAD_VALUES = [
     ("GR_LOG_LEVEL", "LOUD"),
     ("GR_LOG_FORMAT", "xml"),
     ("GR_STRICT_EVENT_TYPES", "perhaps"),
+    ("GR_STRICT_RULES", "currency"),
     ("GR_MAX_IN_FLIGHT", "0"),
     ("GR_HTTP_TIMEOUT_S", "nan"),
 ]
@@ -107,6 +108,10 @@ CASES = [("check-config", v, x) for v, x in BAD_VALUES] + [
     # `run` shares the validation; two variables show it stops there too
     ("run", "GR_BATCH_MAX_EVENTS", "500"),
     ("run", "KAFKA_NO_SUCH_SETTING", "1"),
+    # the key would travel in clear text: refused by check-config and run alike
+    ("check-config", "GR_BASE_URL", "http://sdk-api.gamerebellion.com"),
+    ("run", "GR_BASE_URL", "http://sdk-api.gamerebellion.com"),
+    ("check-config", "GR_API_CA_FILE", "/nonexistent/ca.pem"),
 ]
 
 

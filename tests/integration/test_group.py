@@ -33,6 +33,7 @@ def _env(bootstrap: str, topic: str, group: str, sim: Simulator, **extra: str) -
         "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
         "GR_API_KEY": API_KEY,
         "GR_BASE_URL": sim.url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
         "GR_BATCH_LINGER_MS": "100",
         "GR_HTTP_PORT": "0",
         "GR_RETRY_INITIAL_S": "0.05",

@@ -60,6 +60,7 @@ def test_probes_metrics_and_a_regex_subscription(
         "KAFKA_DLQ_TOPIC": f"{prefix}.dlq",
         "GR_API_KEY": API_KEY,
         "GR_BASE_URL": simulator.url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
         "GR_HTTP_PORT": str(port),
         "GR_BATCH_LINGER_MS": "50",
         "GR_RETRY_INITIAL_S": "0.05",

@@ -1,4 +1,4 @@
-"""CONTRACT section 4, row by row, against the real broker and the simulator.
+"""docs/contract.md section 4, row by row, against the real broker and the simulator.
 
 Each test checks the three things that matter: what arrived at the API, what
 is in the DLQ (with its headers), and the committed offsets.
@@ -49,8 +49,8 @@ def test_poison_records_go_to_the_dlq_with_reason_and_source(
         b'{"event_type": "transaction", "payload":',  # 2 invalid_json (truncated)
         encode(transaction(3)),
         orjson.dumps(
-            {"event_type": "transaction", "payload": {"amount": 1, "currency": "usd"}}
-        ),  # 4
+            {"event_type": "transaction", "payload": {"amount": "1", "currency": "USD"}}
+        ),  # 4 schema_violation: amount is a string
         None,  # 5 tombstone
         b"x" * 5000,  # 6 too_large (cap 4096 below)
         encode(transaction(7)),
@@ -86,7 +86,7 @@ def test_poison_records_go_to_the_dlq_with_reason_and_source(
         assert h["__key"] == f"k{offset}".encode()  # same key
         assert h["__value"] == (values[offset] or b"")  # value unchanged
         assert "gr.dlq.http.status" not in h
-    assert b"currency" in dlq[4]["gr.dlq.detail"]
+    assert b"$.payload.amount" in dlq[4]["gr.dlq.detail"]
 
 
 def test_400_splits_the_batch_and_dead_letters_only_the_rejected(

@@ -7,16 +7,22 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 
+from consumer import config
 from consumer.config import ApiKeySource, Secret
 from consumer.events import Route
 from consumer.s2s import Response, S2SClient, S2SMulti, TransportError
 from gr_devtools.simulator import Simulator
+from tests.conftest import TopicFactory
+from tests.integration.conftest import RunningWorker, wait_for
+from tests.support.events import encode, seq_of, transaction
+from tests.support.kafka_io import produce
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +225,55 @@ def test_https_verifies_the_server_against_ssl_cert_file(
     multi.close()
     trusting.close()
     assert len(tls_sim.accepted_events()) == 3
+
+
+def test_the_ca_file_setting_wins_over_ssl_cert_file(
+    tls_sim: Simulator,
+    tls_files: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other = tmp_path / "other.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=someone-else", "-keyout", str(tmp_path / "other.key"), "-out", str(other)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))  # trusts another CA only
+    with pytest.raises(TransportError, match="curl error 60"):
+        S2SClient(tls_sim.url, ApiKeySource(Secret(KEY)), timeout_s=5.0).post(Route.BATCH, body(1))
+    trusting = S2SClient(
+        tls_sim.url, ApiKeySource(Secret(KEY)), timeout_s=5.0, ca_file=str(tls_files[0])
+    )
+    assert trusting.post(Route.BATCH, body(1)).status == 200
+    trusting.close()
+
+
+def test_a_worker_delivers_over_https_with_gr_api_ca_file(
+    bootstrap: str,
+    make_topic: TopicFactory,
+    tls_sim: Simulator,
+    tls_files: tuple[Path, Path],
+    start_worker: Callable[..., RunningWorker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    topic = make_topic(partitions=1)
+    produce(bootstrap, topic, (encode(transaction(i)) for i in range(50)), partition=0)
+    settings = config.load(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_TOPICS": topic,
+            "KAFKA_GROUP_ID": f"grp-{uuid.uuid4().hex[:8]}",
+            "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+            "GR_API_KEY": KEY,
+            "GR_BASE_URL": tls_sim.url,  # https: no opt-in needed
+            "GR_API_CA_FILE": str(tls_files[0]),
+            "GR_BATCH_LINGER_MS": "50",
+            "GR_HTTP_PORT": "0",
+        }
+    )
+    rw = start_worker(settings)
+    wait_for(lambda: len(tls_sim.accepted_events()) >= 50, 60, "delivery over https")
+    assert rw.stop() == 0
+    assert sorted(seq_of(e) for e in tls_sim.accepted_events()) == list(range(50))

@@ -18,6 +18,7 @@ from consumer.config import (
     load,
 )
 from consumer.errors import ConfigError, GrError
+from consumer.events import STRICT_RULES
 
 API_KEY = "gr-live-Zq8xK3vN7pT2"
 SASL_PASSWORD = "sasl-pw-Hj4mW9rQ1"
@@ -111,6 +112,7 @@ def test_every_setting_read_from_the_environment() -> None:
             KAFKA_GROUP_ID="team-a",
             KAFKA_DLQ_TOPIC="dead.letters",
             GR_BASE_URL="http://localhost:8081/",
+            GR_ALLOW_INSECURE_HTTP="true",
             GR_BATCH_MAX_EVENTS="50",
             GR_BATCH_MAX_BYTES="2048",
             GR_EVENT_MAX_BYTES="2000",
@@ -533,6 +535,8 @@ BAD_VALUES: list[tuple[str, str]] = [
     ("GR_SHUTDOWN_TIMEOUT_S", "NaN"),
     ("GR_SHUTDOWN_TIMEOUT_S", "soon"),
     ("GR_STRICT_EVENT_TYPES", "maybe"),
+    ("GR_STRICT_RULES", "session_ids"),
+    ("GR_STRICT_RULES", "currency_format,strict"),
     ("GR_LOG_LEVEL", "verbose"),
     ("GR_LOG_LEVEL", "warn"),
     ("GR_LOG_FORMAT", "xml"),
@@ -577,7 +581,6 @@ def test_wrong_value_names_its_variable_and_hides_secrets(variable: str, value: 
         ("GR_SHUTDOWN_TIMEOUT_S", "3600"),
         ("GR_LOG_LEVEL", "warning"),
         ("GR_BASE_URL", "https://sdk-api.gamerebellion.com/"),
-        ("GR_BASE_URL", "http://127.0.0.1:9999"),
     ],
 )
 def test_boundary_values_are_accepted(variable: str, value: str) -> None:
@@ -620,6 +623,7 @@ _NUMERIC_VARIABLES = [
     "GR_RETRY_MAX_S",
     "GR_SHUTDOWN_TIMEOUT_S",
     "GR_STRICT_EVENT_TYPES",
+    "GR_STRICT_RULES",
     "GR_LOG_LEVEL",
     "GR_LOG_FORMAT",
     "KAFKA_TOPICS",
@@ -658,3 +662,53 @@ def test_property_api_key_never_appears_in_an_error(key: str) -> None:
     assert info.value.variable in ("GR_API_KEY", "GR_HTTP_PORT")
     assert secret not in str(info.value)
     assert secret.strip() not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "strict_types", "expected"),
+    [
+        ("", "", ()),
+        ("  ", "false", ()),
+        ("session_id", "", ("session_id",)),
+        ("currency_format, transaction_fields", "", ("currency_format", "transaction_fields")),
+        ("feature_name", "true", ("feature_name", "unknown_types")),
+        ("", "true", ("unknown_types",)),
+        ("all", "", tuple(sorted(STRICT_RULES))),
+    ],
+)
+def test_strict_rules(raw: str, strict_types: str, expected: tuple[str, ...]) -> None:
+    settings = load(env(GR_STRICT_RULES=raw, GR_STRICT_EVENT_TYPES=strict_types))
+    assert settings.strict_rules == expected
+
+
+def test_an_unknown_strict_rule_names_the_variable_and_the_rules() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(env(GR_STRICT_RULES="currency_format,currency"))
+    assert info.value.variable == "GR_STRICT_RULES"
+    assert "'currency'" in str(info.value)
+    assert "session_id" in str(info.value)  # the known rules are listed
+
+
+@pytest.mark.parametrize(
+    "url", ["http://sdk-api.gamerebellion.com", "http://127.0.0.1:9999", "HTTP://x"]
+)
+def test_http_is_refused_unless_explicitly_allowed(url: str) -> None:
+    error = assert_refused(env(GR_BASE_URL=url), "GR_BASE_URL")
+    assert "https" in str(error)
+    assert "GR_ALLOW_INSECURE_HTTP" in str(error)
+    assert_refused(env(GR_BASE_URL=url, GR_ALLOW_INSECURE_HTTP="false"), "GR_BASE_URL")
+    s = load(env(GR_BASE_URL=url, GR_ALLOW_INSECURE_HTTP="true"))
+    assert s.allow_insecure_http is True
+    assert s.base_url.lower().startswith("http://")
+
+
+def test_api_ca_file(tmp_path: Path) -> None:
+    assert load(env()).api_ca_file is None
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert load(env(GR_API_CA_FILE=str(pem))).api_ca_file == pem
+    assert load(env(GR_API_CA_FILE=str(pem))).redacted()["api_ca_file"] == str(pem)
+    assert_refused(env(GR_API_CA_FILE=str(tmp_path / "missing.pem")), "GR_API_CA_FILE")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    assert_refused(env(GR_API_CA_FILE=str(junk)), "GR_API_CA_FILE")
