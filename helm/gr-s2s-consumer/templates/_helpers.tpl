@@ -193,9 +193,29 @@ Returned as YAML; use with fromYaml.
 {{- end }}
 {{- end }}
 
+{{/*
+The most workers the API key's request budget can feed:
+ceil(requestsPerMinute * batch.maxEvents / 60 / workerEventsPerSecond).
+1,000 requests a minute at 100 events a request is 1,667 events/s: one worker
+at 2,000 events/s. Empty when no budget is configured.
+*/}}
+{{- define "gr-s2s-consumer.budgetReplicas" -}}
+{{- $b := .Values.autoscaling.budget }}
+{{- if not (kindIs "invalid" $b.requestsPerMinute) }}
+{{- $eventsPerSecond := divf (mulf $b.requestsPerMinute .Values.batch.maxEvents) 60 }}
+{{- ceil (divf $eventsPerSecond $b.workerEventsPerSecond) | int }}
+{{- end }}
+{{- end }}
+
+{{/* The autoscaler's maximum: explicit, else the partitions capped by the budget. */}}
 {{- define "gr-s2s-consumer.maxReplicas" -}}
 {{- if kindIs "invalid" .Values.autoscaling.maxReplicas }}
+{{- $budget := include "gr-s2s-consumer.budgetReplicas" . }}
+{{- if $budget }}
+{{- min (int .Values.kafka.partitions) (int $budget) }}
+{{- else }}
 {{- int .Values.kafka.partitions }}
+{{- end }}
 {{- else }}
 {{- int .Values.autoscaling.maxReplicas }}
 {{- end }}
@@ -248,8 +268,12 @@ template's view). Included by the Deployment so every render runs them.
 {{- if gt $max (int .Values.kafka.partitions) }}
 {{- fail (printf "%s: autoscaling.maxReplicas (%d) must not exceed kafka.partitions (%d): workers beyond the partition count sit idle" $p $max (int .Values.kafka.partitions)) }}
 {{- end }}
+{{- $budget := include "gr-s2s-consumer.budgetReplicas" . }}
+{{- if and $budget (gt $max (int $budget)) }}
+{{- fail (printf "%s: autoscaling.maxReplicas (%d) is above what the API key's budget can feed: ceil(%v requests/min * %d events / 60 / %v events/s per worker) = %s workers; more only make 429s. Raise autoscaling.budget.requestsPerMinute (or workerEventsPerSecond), or set it to null to lift the cap" $p $max .Values.autoscaling.budget.requestsPerMinute (int .Values.batch.maxEvents) .Values.autoscaling.budget.workerEventsPerSecond $budget) }}
+{{- end }}
 {{- if gt $min $max }}
-{{- fail (printf "%s: autoscaling.minReplicas (%d) is greater than maxReplicas (%d)" $p $min $max) }}
+{{- fail (printf "%s: autoscaling.minReplicas (%d) is greater than maxReplicas (%d)%s" $p $min $max (ternary " (capped by the API key's budget, autoscaling.budget)" "" (and (not (empty $budget)) (eq $max (int $budget))))) }}
 {{- end }}
 {{- if and (eq $min 0) (eq $mode "hpa") }}
 {{- fail (printf "%s: autoscaling.minReplicas 0 needs autoscaling.mode=keda; an HPA keeps at least 1" $p) }}
