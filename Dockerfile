@@ -28,9 +28,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when the lock
-# file changes, not on every source edit.
+# file changes, not on every source edit. Every artifact is checked against
+# the sha256 the lock pins (--require-hashes), here and again at install.
 COPY requirements.lock ./
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.lock
+RUN python -m pip download --no-cache-dir --require-hashes --dest /wheels -r requirements.lock
 
 # Then the project's own wheel (hatchling builds it in an isolated env).
 COPY pyproject.toml README.md ./
@@ -38,7 +39,8 @@ COPY consumer ./consumer
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/project . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels \
-        -r requirements.lock /wheels/project/*.whl \
+        --require-hashes -r requirements.lock \
+ && /opt/venv/bin/pip install --no-cache-dir --no-index --no-deps /wheels/project/*.whl \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
  && /opt/venv/bin/gr-consumer --help >/dev/null
 

@@ -21,6 +21,7 @@
 #                              kube-controller-manager (pinned), unpacks etcd (also
 #                              in the background from the start)
 #   8. pytest tests/deploy     assertions over the rendered manifests and the schema,
+#                              the image's CycloneDX SBOM written to build/sbom.cdx.json,
 #                              the alerts under promtool, an install of the built
 #                              wheel into a fresh venv, the image run with podman
 #                              (uid 10001, read-only) against the local broker and
@@ -285,9 +286,13 @@ if [[ "${SKIP_PYTEST:-0}" != 1 ]]; then
     if [[ -z "$PYTHON" ]]; then
         if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
     fi
+    # The image's SBOM (CycloneDX) is kept in build/, beside the checkout's other outputs.
+    mkdir -p "$ROOT/build"
+    export GR_SBOM_OUT="${GR_SBOM_OUT:-$ROOT/build/sbom.cdx.json}"
     # shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose
     GR_HELM="$HELM" GR_PROMTOOL="$PROMTOOL" "$PYTHON" -m pytest tests/deploy ${PYTEST_ARGS:-} \
         || fail "pytest tests/deploy"
+    if [[ -s "$GR_SBOM_OUT" ]]; then echo "SBOM of the image: $GR_SBOM_OUT"; fi
 fi
 step "done"
 printf '\nstep times:\n'

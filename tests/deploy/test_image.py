@@ -168,3 +168,32 @@ def test_delivers_end_to_end_and_exits_0_on_sigterm(
     for partition, offset in enumerate(offsets):
         assert all(seq in delivered for seq in range(partition, offset * 3, 3)), partition
     print(f"SIGTERM -> exit 0 in {took:.1f} s; committed {offsets} of {2 * n} events")
+
+
+def test_sbom_of_the_images_python_environment(image: str, tmp_path: Path) -> None:
+    """A CycloneDX SBOM of what the image holds: every pin of the lock at its version, the
+    service itself, and no development tools. Kept where GR_SBOM_OUT says (CI keeps it)."""
+    import json
+    import sys
+
+    out = Path(os.environ.get("GR_SBOM_OUT") or tmp_path / "sbom.cdx.json")
+    proc = subprocess.run(
+        [sys.executable, "scripts/image_sbom.py", image, str(out)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["bomFormat"] == "CycloneDX"
+    assert doc["specVersion"] == "1.5"
+    held = {c["name"].lower().replace("_", "-"): c["version"] for c in doc["components"]}
+    pins = {}
+    for line in Path("requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, version = line.split(" ")[0].split("==")
+            pins[name.lower()] = version
+    assert pins
+    for name, version in pins.items():
+        assert held.get(name) == version, (name, version, held.get(name))
+    assert "gr-s2s-consumer" in held
+    assert "gr-s2s-consumer-dev" not in held
+    assert all(c["purl"].startswith("pkg:pypi/") for c in doc["components"])

@@ -126,6 +126,7 @@ Image reference: repository[:tag][@digest]; the tag defaults to appVersion.
 {{- define "gr-s2s-consumer.apiKeyFile" -}}{{ include "gr-s2s-consumer.apiKeyDir" . }}/api-key{{- end }}
 {{- define "gr-s2s-consumer.kafkaCaDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-ca{{- end }}
 {{- define "gr-s2s-consumer.kafkaCaFile" -}}{{ include "gr-s2s-consumer.kafkaCaDir" . }}/ca.crt{{- end }}
+{{- define "gr-s2s-consumer.kafkaClientDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-client{{- end }}
 
 {{/* ------------------------------------------------------ Kafka properties */}}
 
@@ -148,6 +149,11 @@ Returned as YAML; use with fromYaml.
 {{- end }}
 {{- if and .Values.kafka.tls.enabled .Values.kafka.tls.caSecret }}
 {{- $_ := set $props "ssl.ca.location" (include "gr-s2s-consumer.kafkaCaFile" .) }}
+{{- end }}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.clientCertSecret }}
+{{- $dir := include "gr-s2s-consumer.kafkaClientDir" . }}
+{{- $_ := set $props "ssl.certificate.location" (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $props "ssl.key.location" (printf "%s/tls.key" $dir) }}
 {{- end }}
 {{- range $k, $v := .Values.kafka.config }}
 {{- /* YAML numbers arrive as float64: keep whole numbers whole (no 1e+07). */}}
