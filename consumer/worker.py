@@ -304,11 +304,12 @@ class Worker:
             value = msg.value()
             result = decode(value) if decoded is None else decoded[index]
             if isinstance(result, Poison):
+                held = self._ledger.held_already(run_st, offset)
                 # the run so far goes first: the DLQ ack may finish this offset at once
                 self._hand_over(run_st, offsets, items, run_bytes, sessions)
                 counts[topic] = counts.get(topic, 0) + len(offsets)
                 offsets, items, run_bytes, sessions = [], [], 0, 0
-                if not self._ledger.below_floor(run_st, offset):
+                if not held:
                     tp = run_st.tp
                     self._dead_letter(
                         tp, self._ledger.poison(run_st), msg, result.reason, result.detail
