@@ -625,7 +625,7 @@ class Worker:
             consumer.close()  # leaves the group now, not after session.timeout.ms
         except Exception as exc:  # noqa: BLE001
             log.warning("consumer close failed", extra={"error": str(exc)})
-        self._dispatch.close()
+        self._dispatch.close(max(0.0, min(1.0, self._deadline - time.monotonic())))
         left = self._dlq.close(max(0.0, min(_CLOSE_MAX_S, self._deadline - time.monotonic())))
         if left:
             log.warning("dlq records unacknowledged at exit", extra={"count": left})
