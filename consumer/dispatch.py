@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -90,9 +91,13 @@ class _DaemonPool:
             fn, args = task
             fn(*args)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float) -> None:
+        """Stop the threads, waiting for them at most `timeout_s` (their jobs are cancelled)."""
         for _ in self._threads:
             self._tasks.put(None)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class Dispatcher:
@@ -156,7 +161,7 @@ class Dispatcher:
     def _run(self, job: DeliveryJob[Any], first: Response | TransportError | None = None) -> None:
         self._done.put(self._deliverer.deliver(job, first))
 
-    def close(self) -> None:
-        self._pool.shutdown()
+    def close(self, timeout_s: float = 1.0) -> None:
+        self._pool.shutdown(timeout_s)
         self._multi.close()
         self._client.close()

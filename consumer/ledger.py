@@ -261,7 +261,9 @@ class Ledger:
         self, part: Part, offsets: list[int], items: list[Item[Any]], nbytes: int, sessions: int
     ) -> None:
         """A run of records of one partition, in order: all offsets, the valid events."""
-        if part.floor > offsets[0]:
+        first = offsets[0]
+        last = part.offsets.last_read
+        if part.floor > first or (last is not None and first <= last):
             offsets, items, nbytes, sessions = self._above_floor(part, offsets, items)
             if not offsets:
                 return
@@ -273,20 +275,25 @@ class Ledger:
     def _above_floor(
         self, part: Part, offsets: list[int], items: list[Item[Any]]
     ) -> tuple[list[int], list[Item[Any]], int, int]:
-        """Drop what this worker already delivered before it lost the partition."""
+        """Drop what this worker already delivered before it lost the partition, and
+        records read again (librdkafka fetching from an earlier position)."""
         floor = part.floor
-        if part.offsets.last_read is None:
+        last = part.offsets.last_read
+        if last is None:
             part.offsets.start_at(floor, None)
             self._dirty.add(part.tp)
+        else:
+            floor = max(floor, last + 1)
         offsets = offsets[bisect_left(offsets, floor) :]
         items = [i for i in items if i.offset >= floor]
         nbytes = sum(len(i.raw) for i in items)
         sessions = sum(1 for i in items if i.route is not Route.BATCH)
         return offsets, items, nbytes, sessions
 
-    def below_floor(self, part: Part, offset: int) -> bool:
-        """A record this worker already delivered (or dead-lettered) before a loss."""
-        return offset < part.floor
+    def held_already(self, part: Part, offset: int) -> bool:
+        """A record this worker delivered before a loss, or has read already."""
+        last = part.offsets.last_read
+        return offset < part.floor or (last is not None and offset <= last)
 
     def poison(self, part: Part) -> int:
         """A record goes to the DLQ; returns the generation its acknowledgement must name."""

@@ -305,11 +305,12 @@ class Worker:
             value = msg.value()
             result = decode(value) if decoded is None else decoded[index]
             if isinstance(result, Poison):
+                held = self._ledger.held_already(run_st, offset)
                 # the run so far goes first: the DLQ ack may finish this offset at once
                 self._hand_over(run_st, offsets, items, run_bytes, sessions)
                 counts[topic] = counts.get(topic, 0) + len(offsets)
                 offsets, items, run_bytes, sessions = [], [], 0, 0
-                if not self._ledger.below_floor(run_st, offset):
+                if not held:
                     tp = run_st.tp
                     self._dead_letter(
                         tp, self._ledger.poison(run_st), msg, result.reason, result.detail
@@ -628,7 +629,7 @@ class Worker:
             consumer.close()  # leaves the group now, not after session.timeout.ms
         except Exception as exc:  # noqa: BLE001
             log.warning("consumer close failed", extra={"error": str(exc)})
-        self._dispatch.close()
+        self._dispatch.close(max(0.0, min(1.0, self._deadline - time.monotonic())))
         left = self._dlq.close(max(0.0, min(_CLOSE_MAX_S, self._deadline - time.monotonic())))
         if left:
             log.warning("dlq records unacknowledged at exit", extra={"count": left})

@@ -91,6 +91,6 @@ def test_rolling_restarts_and_scale_out_deliver_nothing_twice(
     print(f"\nclean bounces: {n:,} events, 3 rolling restarts and a scale-out: "
           f"{dupes} delivered twice, {n - len(seen)} missing")  # fmt: skip
     logs = "\n".join(w.log()[-4000:] for w in retired)
-    assert codes == [0] * len(codes)
+    assert codes == [0] * len(codes), "\n".join(w.log()[-6000:] for w in retired + workers)
     assert set(seen) == set(range(n))
     assert dupes == 0, logs

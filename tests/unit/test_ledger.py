@@ -310,3 +310,14 @@ def test_delivery_holds_while_a_commit_goes_unanswered() -> None:
     led.commit_result(P0, 10, True, 1.8)
     assert led.commits_due(1.9) == [(P0, 20)]
     assert len(led.next_jobs(2.0, True, 8)) == 1
+
+
+def test_records_read_again_are_dropped_not_a_crash() -> None:
+    """librdkafka fetching from an earlier position hands out records already held."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(10)))
+    read(led, P0, list(range(5, 15)))
+    jobs = led.next_jobs(1.0, True, 8)
+    assert [i.offset for i in jobs[0].batch.items] == list(range(10))
+    assert led.parts[P0].batcher.pending_events == 5
