@@ -603,6 +603,12 @@ def test_dashboard_configmap(scenarios: dict[str, Rendered]) -> None:
         "gr_partitions_paused",
         "gr_commit_lag",
         "gr_rate_limit_remaining",
+        "gr_rate_limit_limit",
+        "gr_request_events_bucket",
+        "gr_isolation_requests_total",
+        "gr_budget_wait_seconds_total",
+        "gr_partition_last_commit_age_seconds",
+        "gr_partition_uncommitted_events",
     ):
         assert metric in exprs, f"dashboard does not chart {metric}"
     assert "by (reason)" in exprs
