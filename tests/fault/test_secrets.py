@@ -10,6 +10,7 @@ the error a wrong password produces.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -183,6 +184,8 @@ def test_rotated_keys_echoed_answers_and_exceptions_leak_nothing(
                 "GR_LOG_LEVEL": "DEBUG",
             }
         )
+        root = logging.getLogger()
+        saved = (root.handlers[:], root.level, sys.excepthook, threading.excepthook)
         setup_logging(settings.log_level, "json")
         worker = Worker(settings)
         ops = OpsServer(0, worker.metrics, worker.health, host="127.0.0.1")
@@ -206,6 +209,8 @@ def test_rotated_keys_echoed_answers_and_exceptions_leak_nothing(
             worker.request_stop()
             thread.join(60)
             ops.stop()
+            root.handlers[:], level, sys.excepthook, threading.excepthook = saved
+            root.setLevel(level)
     assert codes == [0]
     assert raised == ["yes"]
     logs = capfd.readouterr().err

@@ -27,12 +27,12 @@ def test_bench_small_writes_a_report_with_every_scenario(bootstrap: str, tmp_pat
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--scale", "small", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=360, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc: dict[str, Any] = json.loads((out / "latest.json").read_text())
     sc = doc["scenarios"]
-    assert set(sc) == {"throughput", "rate_limited", "latency", "memory"}
+    assert set(sc) == {"throughput", "rate_limited", "latency", "memory", "drain"}
     assert not [name for name, s in sc.items() if "error" in s]
     assert doc["machine"]["nproc"] >= 1
     assert doc["machine"]["cpu_model"]
@@ -67,14 +67,24 @@ def test_bench_small_writes_a_report_with_every_scenario(bootstrap: str, tmp_pat
     assert isinstance(mem["stayed_in_group"], bool)
     assert mem["rss_timeline"]
 
+    dr = sc["drain"]
+    assert [r["workers"] for r in dr["runs"]] == [1, 3]
+    for r in dr["runs"]:
+        assert r["drain_s"] > 0
+        assert r["vs_physical"] > 0
+        assert r["requests"] > 0
+        assert sum(r["batch_sizes"].values()) > 0
+    assert dr["physical_requests"] > 0
+
     targets = doc["targets"]
     assert {t["target"].split(",")[0] for t in targets} >= {
         "throughput vs bare consume",
         "budget used",
         "latency p99",
         "peak RSS under backlog + outage",
+        "drain time vs physical limit",
     }
     md = (out / "latest.md").read_text()
-    for title in ("Throughput", "Rate-limited", "Latency", "Memory", "machine:"):
+    for title in ("Throughput", "Rate-limited", "Latency", "Memory", "Draining", "machine:"):
         assert title in md
     assert (out / "memory_rss.svg").read_text().startswith("<svg")

@@ -4,6 +4,7 @@ traceback, the ops endpoints, and every key ever read, rotated ones included."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -23,9 +24,11 @@ KEY_2 = "gr-live-ROTATE-2-e83f0a61d4"
 def _restore_logging() -> object:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    hooks = (sys.excepthook, threading.excepthook)
     yield None
     root.handlers[:] = handlers
     root.setLevel(level)
+    sys.excepthook, threading.excepthook = hooks
 
 
 def test_scrub_masks_every_remembered_value_longest_first() -> None:
