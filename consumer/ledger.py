@@ -54,7 +54,7 @@ BUFFER_FULL = "buffer_full"
 UNCOMMITTED = "uncommitted"
 DRAINING = "draining"
 # a commit unanswered for this long counts as refused: delivery holds
-COMMIT_ANSWER_S = 0.25
+COMMIT_ANSWER_S = 1.0
 PAUSE_CAUSES = (BUFFER_FULL, UNCOMMITTED, DRAINING)
 
 _OFFSET = itemgetter(0)  # Item.offset, read in C
