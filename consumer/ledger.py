@@ -54,7 +54,7 @@ BUFFER_FULL = "buffer_full"
 UNCOMMITTED = "uncommitted"
 DRAINING = "draining"
 # a commit unanswered for this long counts as refused: delivery holds
-COMMIT_ANSWER_S = 0.25
+COMMIT_ANSWER_S = 1.0
 PAUSE_CAUSES = (BUFFER_FULL, UNCOMMITTED, DRAINING)
 
 _OFFSET = itemgetter(0)  # Item.offset, read in C
@@ -158,6 +158,7 @@ class Ledger:
         self.draining = False
         self._dirty: set[TP] = set()
         self._next_commit_at = 0.0
+        self._held = 0  # partitions newly paused for `uncommitted`, for the metric
 
     # ---- rebalances ----
 
@@ -327,12 +328,18 @@ class Ledger:
             return []
         jobs: list[DeliveryJob[Any]] = []
         ahead_cap = self.max_uncommitted
+        draining = self.draining
         for part in self.parts.values():
-            if part.in_flight is not None or UNCOMMITTED in part.reasons:
+            if part.in_flight is not None:
                 continue
-            if not self.draining and self._too_far_ahead(part, ahead_cap, now):
-                continue  # flow() pauses it; nothing more goes out meanwhile
             batch = part.retry_batch
+            if batch is None and not part.batcher.pending_events:
+                continue  # nothing to send: not worth a look at its commits
+            if not draining and (
+                UNCOMMITTED in part.reasons or self._too_far_ahead(part, ahead_cap, now)
+            ):
+                self._hold(part, now)  # a commit's answer or the sweep lifts it
+                continue
             if batch is not None:
                 if now < part.retry_at:
                     continue
@@ -362,6 +369,17 @@ class Ledger:
         return part.commit_failing or (
             part.awaiting_since >= 0 and now - part.awaiting_since > COMMIT_ANSWER_S
         )
+
+    def _hold(self, part: Part, now: float) -> None:
+        """Set or lift the `uncommitted` pause: once per happening, not per loop turn."""
+        if self.draining:
+            return
+        if self._too_far_ahead(part, self.max_uncommitted, now):
+            if UNCOMMITTED not in part.reasons:
+                part.reasons.add(UNCOMMITTED)
+                self._held += 1
+        else:
+            part.reasons.discard(UNCOMMITTED)
 
     def next_due_in(self, now: float, cap: float) -> float:
         """How long the loop may wait for records before a batch is due."""
@@ -452,6 +470,8 @@ class Ledger:
             if part.commit_sent == offset:
                 part.commit_sent = -1
             self._dirty.add(tp)
+        if UNCOMMITTED in part.reasons:
+            self._hold(part, now)
 
     def sweep(self, now: float) -> None:
         """Once a second: commits sent long ago without an answer are due again."""
@@ -462,6 +482,8 @@ class Ledger:
                 self._dirty.add(tp)
             elif not (part.holding or part.offsets.outstanding):
                 part.last_progress = now  # idle is not stalled
+            if UNCOMMITTED in part.reasons:
+                self._hold(part, now)
         self._expire(now)
 
     def uncommitted(self) -> list[tuple[TP, int]]:
@@ -476,7 +498,8 @@ class Ledger:
     # ---- flow control ----
 
     def flow(self, now: float) -> Actions:
-        """Pause or resume fetching: buffers full, or delivery too far ahead of commits."""
+        """Pause or resume fetching: buffers full, or delivery too far ahead of commits
+        (that reason is set and lifted as batches go out and commits are answered)."""
         act = Actions()
         parts = self.parts
         if not parts or self.draining:
@@ -485,7 +508,9 @@ class Ledger:
         over_total = self.buffered_bytes >= cap_total
         cap_bytes = max(self._max_bytes, min(40 * self._max_bytes, cap_total // len(parts)))
         cap_events = self._part_cap_events
-        ahead_cap = self.max_uncommitted
+        if self._held:
+            act.paused_by[UNCOMMITTED] = self._held
+            self._held = 0
         for part in parts.values():
             reasons = part.reasons
             pending = part.batcher.pending_events
@@ -496,12 +521,6 @@ class Ledger:
             elif pending >= cap_events or pbytes >= cap_bytes or (over_total and pending):
                 reasons.add(BUFFER_FULL)
                 act.paused_by[BUFFER_FULL] = act.paused_by.get(BUFFER_FULL, 0) + 1
-            if UNCOMMITTED in reasons:
-                if not self._too_far_ahead(part, ahead_cap, now):
-                    reasons.discard(UNCOMMITTED)
-            elif self._too_far_ahead(part, ahead_cap, now):
-                reasons.add(UNCOMMITTED)
-                act.paused_by[UNCOMMITTED] = act.paused_by.get(UNCOMMITTED, 0) + 1
             if reasons and not part.fetch_paused:
                 part.fetch_paused = True
                 act.pause.append(part.tp)

@@ -306,10 +306,10 @@ def test_delivery_holds_while_a_commit_goes_unanswered() -> None:
     assert led.commits_due(1.1) == [(P0, 10)]
     assert len(led.next_jobs(1.2, True, 8)) == 1  # an answer may take a moment
     led.result(ok(led.parts[P0].in_flight), 1.3)  # type: ignore[arg-type]
-    assert led.next_jobs(1.7, True, 8) == []  # unanswered for longer: hold
-    led.commit_result(P0, 10, True, 1.8)
-    assert led.commits_due(1.9) == [(P0, 20)]
-    assert len(led.next_jobs(2.0, True, 8)) == 1
+    assert led.next_jobs(2.2, True, 8) == []  # unanswered for longer: hold
+    led.commit_result(P0, 10, True, 2.3)
+    assert led.commits_due(2.4) == [(P0, 20)]
+    assert len(led.next_jobs(2.5, True, 8)) == 1
 
 
 def test_records_read_again_are_dropped_not_a_crash() -> None:
