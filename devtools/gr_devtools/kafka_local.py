@@ -92,6 +92,17 @@ def free_port() -> int:
         return port
 
 
+def _port_bindable(port: int) -> bool:
+    """Nothing else holds the port (a client's ephemeral port can take it while we are down)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _port_open(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
         return True
@@ -283,6 +294,7 @@ class LocalKafka:
         if self.running:
             return
         libs = ensure_jars()
+        self._wait_ports_bindable()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
         config.write_text(self._properties())
@@ -354,6 +366,21 @@ class LocalKafka:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _port_open(self.port):
             time.sleep(0.05)
+
+    def _wait_ports_bindable(self, timeout_s: float = 30.0) -> None:
+        """Before (re)starting: wait for every port of ours to be free to bind. Free ports
+        are picked from the ephemeral range, where another process's outgoing connection
+        may hold one for a while after the broker stopped."""
+        ports = [self.port, self.controller_port]
+        if self.sasl_users:
+            ports.append(self.sasl_port)
+        if self.scram_users:
+            ports.append(self.scram_port)
+        if self.mtls:
+            ports.append(self.mtls_port)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not all(map(_port_bindable, ports)):
+            time.sleep(0.2)
 
     def restart(self, timeout_s: float = 60.0) -> None:
         self.stop()
