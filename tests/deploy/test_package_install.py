@@ -1,6 +1,7 @@
 """The image's install, rehearsed without Docker.
 
-The Dockerfile builds wheels from exactly the files its context admits
+The Dockerfile fetches the locked artifacts (each checked against its sha256)
+and builds the project's wheel from exactly the files its context admits
 (requirements.lock, pyproject.toml, README.md, consumer/), installs them into
 a fresh virtualenv from those wheels only, and runs `gr-consumer`. This test
 does the same steps in tmp_path and runs the commands a user and the chart
@@ -86,24 +87,20 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
             shutil.copy2(path, src / name)
     wheels = tmp / "wheels"
     builder = sys.executable
-    # RUN pip wheel --wheel-dir /wheels -r requirements.lock
-    _pip(Path(builder), "wheel", "--wheel-dir", str(wheels), "-r", "requirements.lock", cwd=src)
+    # RUN pip download --require-hashes --dest /wheels -r requirements.lock
+    _pip(Path(builder), "download", "--require-hashes", "--dest", str(wheels), "-r",
+         "requirements.lock", cwd=src)  # fmt: skip
     # RUN pip wheel --no-deps --wheel-dir /wheels/project .
     _pip(Path(builder), "wheel", "--no-deps", "--wheel-dir", str(wheels / "project"), ".", cwd=src)
     (project_wheel,) = (wheels / "project").glob("gr_s2s_consumer-*.whl")
-    # RUN python -m venv /opt/venv && pip install --no-index --find-links /wheels ...
+    # RUN python -m venv /opt/venv && pip install --no-index --find-links /wheels
+    #     --require-hashes -r requirements.lock && pip install --no-index --no-deps project
     venv_dir = tmp / "venv"
     venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
-    _pip(
-        venv_dir / "bin" / "python",
-        "install",
-        "--no-index",
-        "--find-links",
-        str(wheels),
-        "-r",
-        str(src / "requirements.lock"),
-        str(project_wheel),
-    )
+    python = venv_dir / "bin" / "python"
+    _pip(python, "install", "--no-index", "--find-links", str(wheels), "--require-hashes",
+         "-r", str(src / "requirements.lock"))  # fmt: skip
+    _pip(python, "install", "--no-index", "--no-deps", str(project_wheel))
     home = tmp / "home"
     home.mkdir()
     return Installed(venv_dir, home, wheels)
