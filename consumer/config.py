@@ -281,7 +281,7 @@ def _api_key(env: Mapping[str, str]) -> ApiKeySource:
     raise ConfigError("GR_API_KEY", "is required (or GR_API_KEY_FILE naming a file holding it)")
 
 
-def _base_url(env: Mapping[str, str]) -> str:
+def _base_url(env: Mapping[str, str], allow_http: bool) -> str:
     raw = env.get("GR_BASE_URL", "").strip() or DEFAULT_BASE_URL
     parts = urlsplit(raw)
     if "@" in raw or parts.username or parts.password:
@@ -289,7 +289,7 @@ def _base_url(env: Mapping[str, str]) -> str:
         raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("GR_BASE_URL", f"must be an https URL (got {raw!r})")
-    if parts.scheme == "http" and not _bool(env, "GR_ALLOW_INSECURE_HTTP", False):
+    if parts.scheme == "http" and not allow_http:
         raise ConfigError(
             "GR_BASE_URL",
             f"must be https: over http the API key travels in clear text (got {raw!r}; "
@@ -352,6 +352,7 @@ def load(env: Mapping[str, str]) -> Settings:
         )
     rate = env.get("GR_RATE_LIMIT_PER_MINUTE", "").strip()
     strict_types = _bool(env, "GR_STRICT_EVENT_TYPES", False)
+    allow_http = _bool(env, "GR_ALLOW_INSECURE_HTTP", False)
     retry_initial = _float(env, "GR_RETRY_INITIAL_S", 0.2, 0.001, 60)
     return Settings(
         bootstrap_servers=bootstrap,
@@ -360,9 +361,9 @@ def load(env: Mapping[str, str]) -> Settings:
         group_id=group,
         dlq_topic=dlq,
         kafka_extra=_kafka_extra(env),
-        base_url=_base_url(env),
+        base_url=_base_url(env, allow_http),
         api_ca_file=_ca_file(env),
-        allow_insecure_http=_bool(env, "GR_ALLOW_INSECURE_HTTP", False),
+        allow_insecure_http=allow_http,
         batch_max_events=_int(env, "GR_BATCH_MAX_EVENTS", API_MAX_EVENTS, 1, API_MAX_EVENTS),
         batch_max_bytes=batch_max_bytes,
         batch_linger_ms=_int(env, "GR_BATCH_LINGER_MS", 500, 0, 600_000),

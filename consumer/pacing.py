@@ -76,8 +76,7 @@ class Pacer:
         # This worker's share of the key's use, learnt from how fast
         # `remaining` falls against its own answered requests.
         self._share = 1.0
-        self._share_learnt = False
-        self._windows_ended = 0
+        self._windows_measured = 0  # whole windows whose share was measured at their end
         self._window_lower = 0.0
         self._window_upper = default_window_s
         self._window_first_remaining = 0
@@ -167,9 +166,7 @@ class Pacer:
                     # every worker measures the same stretch, so the shares add up.
                     share = self._own_in_window / used
                     self._share = min(1.0, max(self._MIN_SHARE, share))
-                    # the first window seen is a partial one: trust the second
-                    self._share_learnt = self._windows_ended > 0
-                    self._windows_ended += 1
+                    self._windows_measured += 1
                 if self._reset_unix is not None:
                     # Two resets bound the window from above (idle windows in
                     # between make the gap longer, never shorter).
@@ -185,28 +182,26 @@ class Pacer:
                 self._remaining = min(self._remaining, rl.remaining)
                 used = self._window_first_remaining - self._remaining
                 own = self._own_in_window
+                # Until a whole window has told the share (the first one seen is only
+                # part of one), guess it as the window goes: at start-up every worker
+                # would think the key its own, and a window at that pace ends in 429s.
                 if (
-                    not self._share_learnt
+                    self._windows_measured < 2
                     and own >= self._OWN_SAMPLE
                     and used >= self._SHARE_SAMPLE
                 ):
-                    # Until a whole window has told the share, guess it as the first
-                    # window goes: at start-up every worker would think the key its
-                    # own, and a window at that pace ends in 429s for all of them.
-                    share = self._own_in_window / used
-                    self._share = min(1.0, max(self._MIN_SHARE, share))
+                    self._share = min(1.0, max(self._MIN_SHARE, own / used))
             else:
                 return  # an answer from a window already gone
             self._limit = rl.limit
             to_reset = rl.reset_unix - now_wall
             self._reset_mono = now_mono + max(0.0, to_reset)
             # Every answer bounds the window from below (it is at least as long as
-            # the time to its reset). Until the window is known the pacer takes
-            # that lower bound: too long a
-            # guess spreads a new window's first slots far past its end, too short
-            # a one only bunches the few requests sent before its first answer.
-            # A gap between two resets is a whole number of windows; with a lower
-            # bound above half of it, it is exactly one.
+            # the time to its reset). Until the window is known the pacer takes that
+            # lower bound: too long a guess spreads a new window's first slots far
+            # past its end, too short a one only bunches the few requests sent before
+            # its first answer. A gap between two resets is a whole number of
+            # windows; with a lower bound above half of it, it is exactly one.
             lower = self._window_lower = max(self._window_lower, to_reset)
             upper = self._window_upper
             self._window_s = upper if lower > upper / 2 else max(1.0, lower)
