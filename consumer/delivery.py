@@ -195,20 +195,16 @@ class Deliverer:
         self, job: DeliveryJob[Ref], batch: Batch[Ref], resp: Response, result: DeliveryResult[Ref]
     ) -> None:
         """Find the refused event of a 400 batch (see `isolation`); hand back what follows it."""
-        search = Isolation.start(batch.items, resp.body, _detail(resp))
-        statuses: dict[int, int] = {}
+        search = Isolation.start(batch.items, resp.status, resp.body, _detail(resp))
         while (probe := search.probe()) is not None:
             answer = self._send(job, Batch(batch.route, probe), result, None)
-            ok = decide(answer.status, len(probe)) is Action.ACCEPT
-            if not ok:
-                statuses[probe[0].offset] = answer.status
-            search.answer(ok, "" if ok else _detail(answer))
+            if decide(answer.status, len(probe)) is Action.ACCEPT:
+                search.answer(True)
+            else:
+                search.answer(False, answer.status, _detail(answer))
         result.isolation_requests += 1 + search.requests
         result.accepted.extend(search.accepted)
-        result.rejected.extend(
-            Rejection(item, statuses.get(item.offset, resp.status), detail)
-            for item, detail in search.rejected
-        )
+        result.rejected.extend(Rejection(*refused) for refused in search.rejected)
         result.unsent.extend(search.unsent)
 
     def _send(

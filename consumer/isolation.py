@@ -59,9 +59,10 @@ class Isolation(Generic[Ref]):
     """The search over one refused batch; `done` once every event has a fate."""
 
     items: list[Item[Ref]]
-    detail: str  # the 400's answer, for the DLQ
+    status: int  # the refusing answer's status and body, for the DLQ
+    detail: str
     accepted: list[Item[Ref]] = field(default_factory=list)
-    rejected: list[tuple[Item[Ref], str]] = field(default_factory=list)
+    rejected: list[tuple[Item[Ref], int, str]] = field(default_factory=list)
     unsent: list[Item[Ref]] = field(default_factory=list)
     requests: int = 0
     done: bool = False
@@ -70,13 +71,13 @@ class Isolation(Generic[Ref]):
     _probe: tuple[int, int] | None = None
 
     @classmethod
-    def start(cls, items: list[Item[Ref]], body: bytes, detail: str) -> Isolation[Ref]:
-        """The search after `items` were refused with a 400 whose answer was `body`."""
-        search = cls(items, detail, _hi=len(items))
+    def start(cls, items: list[Item[Ref]], status: int, body: bytes, detail: str) -> Isolation[Ref]:
+        """The search after `items` were refused with `status` and the answer `body`."""
+        search = cls(items, status, detail, _hi=len(items))
         named = named_indices(body, len(items)) if len(items) > 1 else None
         if named is not None:
             chosen = set(named)
-            search.rejected = [(items[i], detail) for i in named]
+            search.rejected = [(items[i], status, detail) for i in named]
             search.unsent = [item for i, item in enumerate(items) if i not in chosen]
             search.done = True
         return search
@@ -90,8 +91,8 @@ class Isolation(Generic[Ref]):
         self._probe = (lo, mid)
         return self.items[lo:mid]
 
-    def answer(self, ok: bool, detail: str = "") -> None:
-        """The API's answer to the last probe: 200 (`ok`) or 400 (`detail`, its body)."""
+    def answer(self, ok: bool, status: int = 200, detail: str = "") -> None:
+        """The API's answer to the last probe: `ok` (200), or a refusal's status and body."""
         assert self._probe is not None, "answer() without probe()"
         lo, mid = self._probe
         self._probe = None
@@ -104,9 +105,9 @@ class Isolation(Generic[Ref]):
                 return
             self._lo = mid  # the refusal is in what is left: inferred, not sent
         else:
-            self.detail = detail or self.detail
+            self.status, self.detail = status, detail or self.detail
             if alone:  # refused on its own: certain
-                self.rejected.append((self.items[lo], self.detail))
+                self.rejected.append((self.items[lo], self.status, self.detail))
                 self._finish(after=mid)
                 return
             self._hi = mid

@@ -18,14 +18,14 @@ def items(n: int) -> list[Item[int]]:
 
 def run(n: int, bad: set[int], body: bytes = b'{"error":"invalid"}') -> Isolation[int]:
     """Drive a search the way the API would answer: a request fails if it holds a bad event."""
-    search = Isolation.start(items(n), body, "first answer")
+    search = Isolation.start(items(n), 400, body, "first answer")
     sent: list[int] = []
     while (probe := search.probe()) is not None:
         offsets = [it.offset for it in probe]
         # partition order: each request is contiguous and starts where the delivered prefix ends
         assert offsets == list(range(len(sent), len(sent) + len(offsets)))
         refused = bad & set(offsets)
-        search.answer(not refused, f"refused {sorted(refused)}")
+        search.answer(not refused, 400, f"refused {sorted(refused)}")
         if not refused:
             sent.extend(offsets)
     return search
@@ -34,7 +34,7 @@ def run(n: int, bad: set[int], body: bytes = b'{"error":"invalid"}') -> Isolatio
 def fates(search: Isolation[int]) -> tuple[list[int], list[int], list[int]]:
     return (
         [it.offset for it in search.accepted],
-        [it.offset for it, _ in search.rejected],
+        [it.offset for it, _, _ in search.rejected],
         [it.offset for it in search.unsent],
     )
 
@@ -85,13 +85,13 @@ def test_every_event_gets_exactly_one_fate_in_order(n: int, data: st.DataObject)
 
 def test_named_events_cost_no_further_request() -> None:
     body = orjson.dumps({"error": "invalid_events", "rejected": [3, 40], "errors": []})
-    search = Isolation.start(items(100), body, "names them")
+    search = Isolation.start(items(100), 400, body, "names them")
     assert search.probe() is None
     accepted, rejected, unsent = fates(search)
     assert rejected == [3, 40]
     assert accepted == []
     assert unsent == [i for i in range(100) if i not in (3, 40)]
-    assert [d for _, d in search.rejected] == ["names them", "names them"]
+    assert [(s, d) for _, s, d in search.rejected] == [(400, "names them")] * 2
 
 
 @pytest.mark.parametrize(
