@@ -97,7 +97,7 @@ class _FirstFetch:
 def worker(args: argparse.Namespace) -> int:
     from consumer import config
     from consumer.observe import Health, Metrics, OpsServer, setup_logging
-    from consumer.worker import Worker
+    from consumer.worker import Worker, tune_gc
 
     settings = config.load(os.environ)
     setup_logging(settings.log_level, settings.log_format, [settings.api_key.read().reveal()])
@@ -106,6 +106,7 @@ def worker(args: argparse.Namespace) -> int:
     ops.start()
     w = Worker(settings, metrics=metrics, health=health)
     w.install_signal_handlers()
+    tune_gc()
     first = _FirstFetch()
     expect: int = args.expect
     stats = w.stats

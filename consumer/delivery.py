@@ -1,34 +1,37 @@
 """One batch through the API until every event in it is accepted or rejected.
 
-Runs on a delivery thread. Transient trouble (5xx, timeouts, refused
-connections, 429, a refused key) is retried by tenacity, forever, with the
-wait each cause calls for; only the worker can stop it, by cancelling the job
-(partition revoked, shutdown deadline). A 400 starts a search for the refused
-event (`isolation`): what is found comes back as a rejection for the DLQ, what
-was delivered on the way as accepted, and what follows the refused event as
-unsent, for the partition's next request. A 413 halves the batch.
+A delivery is a generator, not a thread: it yields what it needs next, a
+request to send (`Send`) or a wait (`Sleep`), and is given the answer. The
+dispatcher carries those out on the worker's loop (over the HTTP multi
+handle, with the pacer's slots and a timer heap), so no delivery ever blocks
+a thread, giving up on one is exact (it is simply not resumed), and a
+simulation can drive it step by step.
+
+Transient trouble (5xx, timeouts, refused connections, 429, a refused key)
+is sent again, forever, after the wait each cause calls for: exponential
+backoff with full jitter (tenacity's `wait_random_exponential`), the 429's
+own wait, the key's backoff. A 400 starts a search for the refused event
+(`isolation`): what is found comes back as a rejection for the DLQ, what was
+delivered on the way as accepted, what follows the refused event as unsent,
+for the partition's next request. A 413 halves the batch. The result is
+filled in as answers arrive, so a job given up half-way still tells which of
+its events the API accepted.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Protocol
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_never,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState, Retrying, wait_random_exponential
 
-from consumer.batching import Batch, Item, Ref
-from consumer.errors import GrError, JobAbandonedError, TransportError
+from consumer.batching import Batch, Ref
+from consumer.errors import TransportError
+from consumer.events import Route
 from consumer.isolation import Isolation
+from consumer.jobs import DeliveryJob, DeliveryResult, Rejection
 from consumer.pacing import Pacer, RateLimitHeaders
 from consumer.policy import Action, decide, wait_after_429
 from consumer.s2s import Response
@@ -38,18 +41,25 @@ MAX_DETAIL_BYTES = 1024
 log = logging.getLogger(__name__)
 
 
-class _SendAgainError(GrError):
-    """Send the same request again; `wait_s` when the answer said how long to wait."""
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this request (the dispatcher takes a slot from the pacer first)."""
 
-    def __init__(self, reason: str, wait_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.wait_s = wait_s
+    route: Route
+    body: bytes
+    events: int
 
 
-class Poster(Protocol):
-    def post(self, route: Any, body: bytes) -> Response: ...
-    def reload_key(self) -> None: ...
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait this long before going on."""
+
+    seconds: float
+
+
+Step = Send | Sleep
+Answer = Response | TransportError | None  # None: a Sleep is over
+Run = Generator[Step, Answer, None]
 
 
 class Observer(Protocol):
@@ -59,68 +69,14 @@ class Observer(Protocol):
     def on_retry(self, reason: str) -> None: ...
     def on_key_rejected(self, status: int) -> None: ...
     def on_key_ok(self) -> None: ...
-    def on_request(self, events: int) -> None: ...
-    def on_budget_wait(self, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class Rejection(Generic[Ref]):
-    item: Item[Ref]
-    status: int
-    detail: str
+class _Again:
+    """Send the same request again; `wait_s` when the answer said how long to wait."""
 
-
-@dataclass(slots=True)
-class DeliveryJob(Generic[Ref]):
-    key: Any  # the worker's partition key, (topic, partition)
-    batch: Batch[Ref]
-    generation: int = 0
-    # Most jobs end in one non-blocking request and never sleep: the Event a
-    # sleeping thread waits on (a Condition and a lock to build) is made only
-    # for jobs handed to a thread, by `arm()`, on the thread that cancels.
-    _event: threading.Event | None = None
-    _cancelled: bool = False
-
-    def arm(self) -> None:
-        """Before the job goes to a delivery thread: make the Event its sleeps wait on."""
-        if self._event is None:
-            self._event = threading.Event()
-            if self._cancelled:
-                self._event.set()
-
-    def cancel(self) -> None:
-        """The worker gives up on this job: a sleeping thread wakes and abandons it."""
-        self._cancelled = True
-        if self._event is not None:
-            self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def sleep(self, seconds: float) -> None:
-        """Wait, unless the worker gives up on this job first."""
-        event = self._event
-        if event is None:
-            self.arm()  # a job run straight on a thread (tests, tools)
-            event = self._event
-            assert event is not None
-        if (seconds > 0 and event.wait(seconds)) or event.is_set():
-            raise JobAbandonedError("job cancelled")
-
-
-@dataclass(slots=True)
-class DeliveryResult(Generic[Ref]):
-    job: DeliveryJob[Ref]
-    accepted: list[Item[Ref]] = field(default_factory=list)
-    rejected: list[Rejection[Ref]] = field(default_factory=list)
-    # events handed back unsent, in order, for the partition's next request
-    unsent: list[Item[Ref]] = field(default_factory=list)
-    requests: int = 0
-    # requests spent finding refused events after a batch's 400 (the 400 itself included)
-    isolation_requests: int = 0
-    abandoned: bool = False
-    error: BaseException | None = None
+    reason: str
+    wait_s: float | None = None
 
 
 def _detail(resp: Response) -> str:
@@ -129,148 +85,87 @@ def _detail(resp: Response) -> str:
     return encoded.decode("utf-8", "ignore")
 
 
-class Deliverer:
-    """Shared by the delivery threads; holds no per-job state."""
+class Delivery:
+    """How every job is delivered; holds no per-job state (that lives in its generator)."""
 
     def __init__(
         self,
-        client: Poster,
         pacer: Pacer,
         observer: Observer,
+        reload_key: Callable[[], None],
+        wall: Callable[[], float],
         *,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 30.0,
-        wall: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
         self._pacer = pacer
         self._observer = observer
+        self._reload_key = reload_key
         self._wall = wall
         self._backoff = wait_random_exponential(multiplier=retry_initial_s, max=retry_max_s)
+        self._retrying = Retrying()  # only to describe an attempt to tenacity's wait
         self._retry_initial_s = retry_initial_s
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _SendAgainError) and exc.wait_s is not None:
-            return exc.wait_s
-        # Full jitter, but never (almost) zero: a floor of the initial wait.
-        return max(self._retry_initial_s / 2, float(self._backoff(state)))
+    def run(self, job: DeliveryJob[Ref], result: DeliveryResult[Ref]) -> Run:
+        """Deliver the job's batch, recording into `result` as answers arrive."""
+        todo = [job.batch]
+        while todo:
+            batch = todo.pop(0)
+            resp = yield from self._settle(batch)
+            action = decide(resp.status, len(batch.items))
+            if action is Action.ACCEPT:
+                result.accepted.extend(batch.items)
+            elif action is Action.SPLIT and resp.status == 400:
+                yield from self._isolate(batch, resp, result)
+                for rest in todo:  # halves of an earlier 413, after it in order
+                    result.unsent.extend(rest.items)
+                todo.clear()
+            elif action is Action.SPLIT:  # 413: too large as a whole, so halve it
+                todo[0:0] = batch.split()
+            else:  # REJECT: a lone event the API refuses
+                result.rejected.append(Rejection(batch.items[0], resp.status, _detail(resp)))
 
-    def deliver(
-        self, job: DeliveryJob[Ref], first: Response | TransportError | None = None
-    ) -> DeliveryResult[Ref]:
-        """Deliver the job's batch; `first` is the outcome of a first attempt already made.
-
-        The worker sends each batch once without blocking (its slot already
-        reserved) and hands the outcome here: a 200 settles at once, on the
-        caller's thread; anything else continues exactly as if this thread
-        had sent it.
-        """
-        result: DeliveryResult[Ref] = DeliveryResult(job)
-        try:
-            todo = [job.batch]
-            while todo:
-                batch = todo.pop(0)
-                resp = self._send(job, batch, result, first)
-                first = None
-                action = decide(resp.status, len(batch.items))
-                if action is Action.ACCEPT:
-                    result.accepted.extend(batch.items)
-                elif action is Action.SPLIT and resp.status == 400:
-                    self._isolate(job, batch, resp, result)
-                    for rest in todo:  # halves of an earlier 413, after it in order
-                        result.unsent.extend(rest.items)
-                    todo.clear()
-                elif action is Action.SPLIT:  # 413: too large as a whole, so halve it
-                    todo[0:0] = batch.split()
-                else:  # REJECT: a lone event the API refuses
-                    result.rejected.append(Rejection(batch.items[0], resp.status, _detail(resp)))
-        except JobAbandonedError:
-            result.abandoned = True
-        except Exception as exc:  # noqa: BLE001  # a bug: the worker logs it and retries the batch
-            result.error = exc
-        return result
-
-    def _isolate(
-        self, job: DeliveryJob[Ref], batch: Batch[Ref], resp: Response, result: DeliveryResult[Ref]
-    ) -> None:
+    def _isolate(self, batch: Batch[Ref], resp: Response, result: DeliveryResult[Ref]) -> Run:
         """Find the refused event of a 400 batch (see `isolation`); hand back what follows it."""
         search = Isolation.start(batch.items, resp.status, resp.body, _detail(resp))
+        result.isolation_requests += 1
         while (probe := search.probe()) is not None:
-            answer = self._send(job, Batch(batch.route, probe), result, None)
+            answer = yield from self._settle(Batch(batch.route, probe))
+            result.isolation_requests += 1
             if decide(answer.status, len(probe)) is Action.ACCEPT:
                 search.answer(True)
+                result.accepted.extend(probe)  # delivered now, whatever happens next
             else:
                 search.answer(False, answer.status, _detail(answer))
-        result.isolation_requests += 1 + search.requests
-        result.accepted.extend(search.accepted)
         result.rejected.extend(Rejection(*refused) for refused in search.rejected)
         result.unsent.extend(search.unsent)
 
-    def _send(
-        self,
-        job: DeliveryJob[Ref],
-        batch: Batch[Ref],
-        result: DeliveryResult[Ref],
-        first: Response | TransportError | None,
-    ) -> Response:
-        again: _SendAgainError | None = None
-        if first is not None:
-            result.requests += 1
-            try:
-                return self._judge(batch, first)  # a 200 settles here, without tenacity
-            except _SendAgainError as exc:
-                again = exc
-        retrying = Retrying(
-            retry=retry_if_exception_type(_SendAgainError),
-            wait=self._wait,
-            stop=stop_never,
-            sleep=job.sleep,
-            reraise=True,
-            before_sleep=lambda state: self._observer.on_retry(
-                state.outcome.exception().reason  # type: ignore[union-attr]
-                if state.outcome
-                else "unknown"
-            ),
-        )
-        body = batch.body
-        for attempt in retrying:
-            with attempt:
-                if again is not None:
-                    # The first attempt failed: it counts as tenacity's attempt 1,
-                    # so its wait, its report and the backoff after it are tenacity's.
-                    failed, again = again, None
-                    raise failed
-                delay = self._pacer.reserve()
-                if delay > 0:
-                    self._observer.on_budget_wait(delay)
-                try:
-                    job.sleep(delay)
-                except JobAbandonedError:
-                    self._pacer.unanswered()
-                    raise
-                result.requests += 1
-                self._observer.on_request(len(batch.items))
-                return self._attempt(batch, body)
-        raise AssertionError("unreachable: tenacity retries forever")  # pragma: no cover
+    def _settle(self, batch: Batch[Ref]) -> Generator[Step, Answer, Response]:
+        """Send until an answer settles the request (200, 400, 413, another 4xx)."""
+        attempt = 0
+        while True:
+            outcome = yield Send(batch.route, batch.body, len(batch.items))
+            assert outcome is not None, "a Send is answered"
+            judged = self._judge(batch, outcome)
+            if isinstance(judged, Response):
+                return judged
+            attempt += 1
+            self._observer.on_retry(judged.reason)
+            yield Sleep(judged.wait_s if judged.wait_s is not None else self._wait(attempt))
 
-    def _attempt(self, batch: Batch[Ref], body: bytes) -> Response:
-        try:
-            outcome: Response | TransportError = self._client.post(batch.route, body)
-        except TransportError as exc:
-            outcome = exc
-        except BaseException:
-            self._pacer.unanswered()
-            raise
-        return self._judge(batch, outcome)
+    def _wait(self, attempt: int) -> float:
+        """Full jitter, but never (almost) zero: a floor of half the initial wait."""
+        state = RetryCallState(self._retrying, None, (), {})
+        state.attempt_number = attempt
+        return max(self._retry_initial_s / 2, float(self._backoff(state)))
 
-    def _judge(self, batch: Batch[Ref], outcome: Response | TransportError) -> Response:
-        """Learn from one answer; returns it when it settles, raises to send again."""
+    def _judge(self, batch: Batch[Ref], outcome: Response | TransportError) -> Response | _Again:
+        """Learn from one answer; returns it when it settles, else why to send again."""
         endpoint = batch.route.value
         if isinstance(outcome, TransportError):
             self._pacer.unanswered()
             self._observer.on_response(endpoint, 0, 0.0)
-            raise _SendAgainError("transport") from outcome
+            return _Again("transport")
         resp = outcome
         self._observer.on_response(endpoint, resp.status, resp.elapsed_s)
         if resp.status != 200 and log.isEnabledFor(logging.DEBUG):
@@ -286,13 +181,13 @@ class Deliverer:
         action = decide(resp.status, len(batch.items))
         if action is Action.HALT:
             self._observer.on_key_rejected(resp.status)
-            self._client.reload_key()
-            raise _SendAgainError(f"key_{resp.status}")
+            self._reload_key()
+            return _Again(f"key_{resp.status}")
         if action is Action.WAIT:
             wait = wait_after_429(resp.headers, self._wall(), fallback_s=1.0)
             self._pacer.hold(wait)
-            raise _SendAgainError("rate_limited", wait)
+            return _Again("rate_limited", wait)
         if action is Action.RETRY:
-            raise _SendAgainError(f"status_{resp.status // 100}xx")
+            return _Again(f"status_{resp.status // 100}xx")
         self._observer.on_key_ok()
         return resp

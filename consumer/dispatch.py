@@ -1,29 +1,245 @@
-"""Sending batches: first attempts on one HTTP multi handle, the rest on a thread pool.
+"""Carrying out deliveries on the worker's loop: the HTTP transport, the pacer, the timers.
 
-The loop thread starts each job's first request without blocking when the
-pacer has a slot for it; a 200 settles on that thread. Anything else (a
-retry, a wait for the pacer, a bisection) goes to a delivery thread, whose
-result comes back through the done queue. Only the loop thread calls in here.
+Each job is a `delivery` generator. The dispatcher runs it until it asks for
+something: a request (`Send`: a slot from the pacer, then the transport, a
+libcurl multi handle that needs no thread) or a wait (`Sleep`: a timer). It
+resumes the generator when the answer arrives or the timer is due, always on
+the loop's thread, in an order fixed by the answers and the clock alone. A job
+given up (`cancel`) is not resumed past the request it has on the wire: that
+request's answer is still read, so what the API accepted is known before the
+partition is let go; `abort` drops the request instead (the stop's last resort).
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
-from collections.abc import Callable
-from typing import Any
+import heapq
+import itertools
+from typing import Any, Generic, Protocol, TypeVar
 
+from consumer.clock import Clock
 from consumer.config import Settings
-from consumer.delivery import Deliverer, DeliveryJob, DeliveryResult
+from consumer.delivery import Delivery, Run, Send, Sleep
 from consumer.errors import TransportError
+from consumer.events import Route
+from consumer.jobs import DeliveryJob, DeliveryResult
 from consumer.observe import Health, Metrics
 from consumer.pacing import Pacer
 from consumer.s2s import Response, S2SClient, S2SMulti
 
+T = TypeVar("T")
 
-class _DeliveryObserver:
-    """Delivery threads report here: metrics and readiness."""
+
+class Transport(Protocol[T]):
+    """The API as the dispatcher uses it: requests in flight without blocking.
+
+    `S2SMulti` (libcurl) in production; a simulated API in the simulation.
+    """
+
+    @property
+    def active(self) -> int: ...
+    def start(self, route: Route, body: bytes, token: T) -> None: ...
+    def send(self) -> None: ...
+    def poll(self) -> list[tuple[T, Response | TransportError]]: ...
+    def wait(self, timeout_s: float) -> None: ...
+    def abort(self, token: T) -> bool: ...
+    def reload_key(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class DispatchObserver(Protocol):
+    def on_request(self, events: int) -> None: ...
+    def on_budget_wait(self, seconds: float) -> None: ...
+
+
+_IDLE, _PACED, _SLEEPING, _WIRE = range(4)
+
+
+class _Running(Generic[T]):
+    """One job being delivered: its generator, its result so far, what it waits on."""
+
+    __slots__ = ("gen", "job", "pending", "result", "state", "timer")
+
+    def __init__(self, job: DeliveryJob[Any], result: DeliveryResult[Any], gen: Run) -> None:
+        self.job = job
+        self.result = result
+        self.gen = gen
+        self.state = _IDLE
+        self.pending: Send | None = None  # a request waiting for its pacer slot
+        self.timer = -1  # the sequence number of its live timer
+
+
+class Dispatcher:
+    """The jobs in progress, their timers and the transport they share."""
+
+    def __init__(
+        self,
+        transport: Transport[Any],
+        pacer: Pacer,
+        delivery: Delivery,
+        observer: DispatchObserver,
+        clock: Clock,
+    ) -> None:
+        self._transport = transport
+        self._pacer = pacer
+        self._delivery = delivery
+        self._observer = observer
+        self._clock = clock
+        self._running: dict[int, _Running[Any]] = {}  # by id(job)
+        self._timers: list[tuple[float, int, _Running[Any]]] = []
+        self._seq = itertools.count()
+        self._done: list[DeliveryResult[Any]] = []
+        self._kick = False
+
+    # ---- what the loop calls ----
+
+    @property
+    def sockets_busy(self) -> bool:
+        """Requests are on the wire: wait on their sockets, not on Kafka."""
+        return bool(self._transport.active)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def send(self, jobs: list[DeliveryJob[Any]]) -> None:
+        """Start delivering these jobs."""
+        for job in jobs:
+            result: DeliveryResult[Any] = DeliveryResult(job)
+            run: _Running[Any] = _Running(job, result, self._delivery.run(job, result))
+            self._running[id(job)] = run
+            self._advance(run, None)
+        self._flush()
+
+    def results(self) -> list[DeliveryResult[Any]]:
+        """Move everything on (answers read, timers due) and return the jobs that finished."""
+        transport = self._transport
+        if transport.active:
+            for run, outcome in transport.poll():
+                self._advance(run, outcome)
+        timers = self._timers
+        if timers:
+            now = self._clock.monotonic()
+            while timers and timers[0][0] <= now:
+                _, seq, run = heapq.heappop(timers)
+                if run.timer != seq:
+                    continue  # cancelled meanwhile
+                run.timer = -1
+                if run.state == _PACED:
+                    send, run.pending = run.pending, None
+                    assert send is not None
+                    self._put_on_wire(run, send)
+                else:
+                    self._advance(run, None)
+        self._flush()
+        done, self._done = self._done, []
+        return done
+
+    def next_wake(self) -> float | None:
+        """When the earliest timer is due (monotonic), None when none is set."""
+        timers = self._timers
+        while timers and timers[0][2].timer != timers[0][1]:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def wait(self, timeout_s: float) -> None:
+        """Wait for an answer or a timer, at most `timeout_s`."""
+        wake = self.next_wake()
+        if wake is not None:
+            timeout_s = max(0.0, min(timeout_s, wake - self._clock.monotonic()))
+        if self._transport.active:
+            self._transport.wait(timeout_s)
+        elif timeout_s > 0:
+            self._clock.sleep(timeout_s)
+
+    def cancel(self, job: DeliveryJob[Any]) -> None:
+        """Give the job up: no new request goes out for it. A request on the wire is
+        still answered and counted (`results` reports the job, abandoned, after it)."""
+        job.cancelled = True
+        run = self._running.get(id(job))
+        if run is not None and run.state != _WIRE:
+            self._abandon(run)
+
+    def abort(self, job: DeliveryJob[Any]) -> None:
+        """Give the job up at once, dropping a request on the wire unanswered."""
+        job.cancelled = True
+        run = self._running.get(id(job))
+        if run is None:
+            return
+        if run.state == _WIRE and self._transport.abort(run):
+            self._pacer.unanswered()
+        self._abandon(run)
+
+    def on_wire(self, job: DeliveryJob[Any]) -> bool:
+        """The job has a request whose answer has not been read yet."""
+        run = self._running.get(id(job))
+        return run is not None and run.state == _WIRE
+
+    def close(self) -> None:
+        for run in list(self._running.values()):
+            self.abort(run.job)
+        self._transport.close()
+
+    # ---- stepping the generators ----
+
+    def _advance(self, run: _Running[Any], answer: Response | TransportError | None) -> None:
+        run.state = _IDLE
+        try:
+            step = run.gen.send(answer)
+        except StopIteration:
+            self._finish(run)
+            return
+        except Exception as exc:  # noqa: BLE001  # a bug: the worker logs it and retries the batch
+            run.result.error = exc
+            self._finish(run)
+            return
+        if run.job.cancelled:
+            self._abandon(run)
+            return
+        if isinstance(step, Sleep):
+            self._timer(run, step.seconds, _SLEEPING)
+            return
+        delay = self._pacer.reserve()
+        if delay > 0:
+            self._observer.on_budget_wait(delay)
+            run.pending = step
+            self._timer(run, delay, _PACED)
+        else:
+            self._put_on_wire(run, step)
+
+    def _put_on_wire(self, run: _Running[Any], send: Send) -> None:
+        run.state = _WIRE
+        run.result.requests += 1
+        self._observer.on_request(send.events)
+        self._transport.start(send.route, send.body, run)
+        self._kick = True
+
+    def _flush(self) -> None:
+        if self._kick:
+            self._kick = False
+            self._transport.send()
+
+    def _timer(self, run: _Running[Any], seconds: float, state: int) -> None:
+        run.state = state
+        run.timer = seq = next(self._seq)
+        heapq.heappush(self._timers, (self._clock.monotonic() + seconds, seq, run))
+
+    def _abandon(self, run: _Running[Any]) -> None:
+        if run.state == _PACED:
+            self._pacer.unanswered()  # its slot was claimed and never used
+        run.timer = -1
+        run.pending = None
+        run.gen.close()
+        run.result.abandoned = True
+        self._finish(run)
+
+    def _finish(self, run: _Running[Any]) -> None:
+        run.state = _IDLE
+        if self._running.pop(id(run.job), None) is not None:
+            self._done.append(run.result)
+
+
+class DeliveryObserver:
+    """Deliveries report here: metrics and readiness."""
 
     def __init__(self, metrics: Metrics, health: Health, pacer: Pacer) -> None:
         self._m = metrics
@@ -68,100 +284,32 @@ class _DeliveryObserver:
         self._h.key_ok()
 
 
-class _DaemonPool:
-    """A fixed set of daemon threads: at exit none is waited for (a request stuck
-    in its HTTP timeout must not stretch the stop past GR_SHUTDOWN_TIMEOUT_S)."""
-
-    def __init__(self, size: int, name: str) -> None:
-        self._tasks: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
-            for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        self._tasks.put((fn, args))
-
-    def _serve(self) -> None:
-        while (task := self._tasks.get()) is not None:
-            fn, args = task
-            fn(*args)
-
-    def shutdown(self, timeout_s: float) -> None:
-        """Stop the threads, waiting for them at most `timeout_s` (their jobs are cancelled)."""
-        for _ in self._threads:
-            self._tasks.put(None)
-        deadline = time.monotonic() + timeout_s
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-
-class Dispatcher:
-    """The multi handle, the retry pool, the done queue and the pacer's reservation."""
-
-    def __init__(self, settings: Settings, metrics: Metrics, health: Health) -> None:
-        self._pacer = Pacer(cap_per_minute=settings.rate_limit_per_minute)
-        self._client = S2SClient(
+def build(
+    settings: Settings,
+    metrics: Metrics,
+    health: Health,
+    clock: Clock,
+    transport: Transport[Any] | None = None,
+) -> Dispatcher:
+    """The dispatcher of a worker: libcurl to the configured API unless a transport is given."""
+    pacer = Pacer(
+        cap_per_minute=settings.rate_limit_per_minute, monotonic=clock.monotonic, wall=clock.wall
+    )
+    if transport is None:
+        client = S2SClient(
             settings.base_url,
             settings.api_key,
             timeout_s=settings.http_timeout_s,
             ca_file=str(settings.api_ca_file) if settings.api_ca_file else None,
         )
-        self._observer = _DeliveryObserver(metrics, health, self._pacer)
-        self._deliverer = Deliverer(
-            self._client,
-            self._pacer,
-            self._observer,
-            retry_initial_s=settings.retry_initial_s,
-            retry_max_s=settings.retry_max_s,
-        )
-        self._multi: S2SMulti[DeliveryJob[Any]] = S2SMulti(self._client, settings.max_in_flight)
-        self._pool = _DaemonPool(settings.max_in_flight, "deliver")
-        self._done: queue.SimpleQueue[DeliveryResult[Any]] = queue.SimpleQueue()
-
-    @property
-    def sockets_busy(self) -> bool:
-        """First attempts are on the wire: wait on their sockets, not on Kafka."""
-        return bool(self._multi.active)
-
-    def send(self, jobs: list[DeliveryJob[Any]]) -> None:
-        started = False
-        for job in jobs:
-            if self._pacer.try_reserve():
-                self._observer.on_request(len(job.batch.items))
-                self._multi.start(job.batch.route, job.batch.body, job)
-                started = True
-            else:
-                job.arm()
-                self._pool.submit(self._run, job)
-        if started:
-            self._multi.send()
-
-    def wait(self, timeout_s: float) -> None:
-        self._multi.wait(timeout_s)
-
-    def results(self) -> list[DeliveryResult[Any]]:
-        """What finished since the last call, never blocking."""
-        out: list[DeliveryResult[Any]] = []
-        for job, outcome in self._multi.poll():
-            if isinstance(outcome, Response) and outcome.status == 200:
-                out.append(self._deliverer.deliver(job, outcome))
-            else:
-                job.arm()
-                self._pool.submit(self._run, job, outcome)
-        done = self._done
-        while not done.empty():
-            out.append(done.get_nowait())
-        return out
-
-    def _run(self, job: DeliveryJob[Any], first: Response | TransportError | None = None) -> None:
-        self._done.put(self._deliverer.deliver(job, first))
-
-    def close(self, timeout_s: float = 1.0) -> None:
-        self._pool.shutdown(timeout_s)
-        self._multi.close()
-        self._client.close()
+        transport = S2SMulti(client, settings.max_in_flight)
+    observer = DeliveryObserver(metrics, health, pacer)
+    delivery = Delivery(
+        pacer,
+        observer,
+        transport.reload_key,
+        clock.wall,
+        retry_initial_s=settings.retry_initial_s,
+        retry_max_s=settings.retry_max_s,
+    )
+    return Dispatcher(transport, pacer, delivery, observer, clock)

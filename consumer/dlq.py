@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from consumer import redaction
+from consumer.clock import SYSTEM, Clock
 from consumer.errors import DlqWriteError
 
 log = logging.getLogger("consumer.dlq")
@@ -154,7 +154,9 @@ class DlqWriter:
         retry_max_s: float = 30.0,
         on_failure: Callable[[str], None] | None = None,
         on_success: Callable[[], None] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self._clock = clock
         self._factory = producer_factory
         self._producer: Any = producer_factory()
         self._topic = topic
@@ -176,7 +178,7 @@ class DlqWriter:
         if record.size > self._max_bytes:
             truncate(record, self._max_bytes)
         self._waiting.append(record)
-        self._produce_due(time.monotonic())
+        self._produce_due(self._clock.monotonic())
 
     def discard_cancelled(self) -> int:
         """Drop waiting records whose partition went; returns how many."""
@@ -188,7 +190,7 @@ class DlqWriter:
         """Produce what is due and serve acknowledgements; free when nothing is pending."""
         if not self.pending:
             return  # called every loop turn: a producer poll costs ~0.4 ms
-        self._produce_due(time.monotonic())
+        self._produce_due(self._clock.monotonic())
         self._producer.poll(timeout_s)
         if self._replace:
             self._renew()
@@ -248,7 +250,7 @@ class DlqWriter:
             return
         record.attempts += 1
         wait = min(self._retry_max, self._retry_initial * 2 ** min(record.attempts, 16))
-        record.not_before = time.monotonic() + wait
+        record.not_before = self._clock.monotonic() + wait
         if record.attempts & (record.attempts - 1) == 0:  # 1, 2, 4, 8...: not every retry
             log.warning(
                 "dlq write failed; will retry",
@@ -281,7 +283,7 @@ class DlqWriter:
 
     def flush(self, timeout_s: float) -> int:
         """Produce and wait; returns how many records are still unacknowledged."""
-        deadline = time.monotonic() + timeout_s
-        while self.pending and time.monotonic() < deadline:
-            self.service(min(0.05, max(0.0, deadline - time.monotonic())))
+        deadline = self._clock.monotonic() + timeout_s
+        while self.pending and self._clock.monotonic() < deadline:
+            self.service(min(0.05, max(0.0, deadline - self._clock.monotonic())))
         return self.pending

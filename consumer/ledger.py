@@ -44,8 +44,8 @@ from operator import itemgetter
 from typing import Any
 
 from consumer.batching import Batch, Item, PartitionBatcher
-from consumer.delivery import DeliveryJob, DeliveryResult, Rejection
 from consumer.events import Route
+from consumer.jobs import DeliveryJob, DeliveryResult, Rejection
 from consumer.offsets import PartitionOffsets
 
 TP = tuple[str, int]
@@ -237,10 +237,10 @@ class Ledger:
             self._dirty.discard(tp)
             job = part.in_flight
             if job is not None:
-                # still counted in flight until its thread or socket gives it back
-                job.cancel()
+                # still counted in flight until the dispatcher gives it back; the
+                # worker cancels it (`in_flight` stays set on the part it gets back)
+                job.cancelled = True
                 self.buffered_bytes -= job.batch.payload_bytes
-                part.in_flight = None
             if part.retry_batch is not None:
                 self.buffered_bytes -= part.retry_batch.payload_bytes
                 part.retry_batch = None

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from consumer import redaction
+from consumer.clock import SYSTEM, Clock
 
 log = logging.getLogger("consumer")
 
@@ -155,9 +156,10 @@ class Metrics:
 class Health:
     """Liveness and readiness, set from any thread."""
 
-    def __init__(self, stale_after_s: float = 60.0) -> None:
+    def __init__(self, stale_after_s: float = 60.0, clock: Clock = SYSTEM) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
-        self._beat = time.monotonic()
+        self._beat = clock.monotonic()
         self._stale_after = stale_after_s
         self._joined = False
         self._key_problem: str | None = None
@@ -181,7 +183,7 @@ class Health:
         self._dlq_problem = None
 
     def beat(self) -> None:
-        self._beat = time.monotonic()
+        self._beat = self._clock.monotonic()
 
     def joined(self) -> None:
         self._joined = True
@@ -207,7 +209,7 @@ class Health:
         return self._key_problem is not None
 
     def live(self) -> tuple[bool, str]:
-        age = time.monotonic() - self._beat
+        age = self._clock.monotonic() - self._beat
         if age > self._stale_after:
             return False, f"main loop stalled for {age:.0f}s"
         stalled = self._stalled_s

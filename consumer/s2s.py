@@ -1,15 +1,11 @@
 """The S2S API over HTTP (libcurl, through pycurl): keep-alive, timeouts, TLS.
 
-Two ways to send, one handle set-up:
-
-- `S2SClient.post` blocks; the delivery threads use it for retries, waits
-  and 400 bisection.
-- `S2SMulti` sends without blocking from the main loop, for the first
-  attempt of each batch. libcurl does the whole exchange in C, so the
-  answers cost the loop one short call per turn, instead of a thread that
-  must win the GIL back from the loop after every socket call (measured in
-  bench/: that hand-over made each request wait up to the 5 ms switch
-  interval, and capped one worker near 330 requests/s).
+`S2SMulti` sends without blocking, from the worker's loop: libcurl does the
+whole exchange in C, so answers cost the loop one short call per turn
+(measured in bench/: delivery threads handing the GIL back and forth with a
+busy loop waited up to the 5 ms switch interval per socket call, and capped
+one worker near 330 requests/s). `S2SClient` holds what every request shares:
+the address, the key (re-read from its file on demand), timeouts and TLS.
 
 Nothing here decides what an answer means (that is `policy`) or retries
 (that is `delivery`). Transport failures become `TransportError`, whose text
@@ -21,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -100,7 +95,7 @@ def _transport_error(exc: pycurl.error, route: Route) -> TransportError:
 
 
 class S2SClient:
-    """The API's address, key and timeouts; blocking posts, one curl handle per thread."""
+    """The API's address, key, timeouts and TLS settings, and the curl handles made from them."""
 
     def __init__(
         self,
@@ -115,13 +110,10 @@ class S2SClient:
         # against GR_API_CA_FILE, else SSL_CERT_FILE, else the system's bundle.
         self._ca_file = ca_file or os.environ.get("SSL_CERT_FILE") or None
         self._key_source = key_source
-        self._key_lock = threading.Lock()
         self._key: Secret = key_source.read()
         self._timeout_ms = max(1, round(timeout_s * 1000))
         self._connect_ms = max(1, round(min(timeout_s, 5.0) * 1000))
-        self._local = threading.local()
         self._handles: list[pycurl.Curl] = []
-        self._handles_lock = threading.Lock()
 
     def reload_key(self) -> None:
         """Re-read the key (a rotated Secret file); keep the old one if the file is unreadable."""
@@ -129,8 +121,7 @@ class S2SClient:
             key = self._key_source.read()
         except GrError:
             return
-        with self._key_lock:
-            self._key = key
+        self._key = key
 
     def new_handle(self) -> tuple[pycurl.Curl, _Exchange]:
         """A configured curl handle and the exchange it writes into."""
@@ -147,8 +138,7 @@ class S2SClient:
         curl.setopt(pycurl.SSL_VERIFYHOST, 2)
         if self._ca_file:
             curl.setopt(pycurl.CAINFO, self._ca_file)
-        with self._handles_lock:
-            self._handles.append(curl)
+        self._handles.append(curl)
         return curl, exchange
 
     def prepare(self, curl: pycurl.Curl, exchange: _Exchange, route: Route, body: bytes) -> None:
@@ -171,25 +161,9 @@ class S2SClient:
         curl.setopt(pycurl.POSTFIELDS, body)
         exchange.reset()
 
-    def post(self, route: Route, body: bytes) -> Response:
-        """Send one request and wait for the answer (delivery threads)."""
-        local = self._local
-        handle = getattr(local, "handle", None)
-        if handle is None:
-            handle = local.handle = self.new_handle()
-        curl, exchange = handle
-        self.prepare(curl, exchange, route, body)
-        try:
-            curl.perform()
-        except pycurl.error as exc:
-            raise _transport_error(exc, route) from None
-        return exchange.response(int(curl.getinfo(pycurl.RESPONSE_CODE)))
-
     def close(self) -> None:
-        with self._handles_lock:
-            handles, self._handles = self._handles, []
+        handles, self._handles = self._handles, []
         for curl in handles:
-            # a delivery thread may still be in perform() at shutdown: pycurl refuses
             with contextlib.suppress(pycurl.error):
                 curl.close()
 
@@ -297,6 +271,17 @@ class S2SMulti(Generic[T]):
             if not queued:
                 return finished
 
+    def abort(self, token: T) -> bool:
+        """Drop the request carrying `token`, unanswered; False when it is not in flight."""
+        for curl, _exchange, held, _route in self._active.values():
+            if held is token:
+                self._release(curl)
+                return True
+        return False
+
+    def reload_key(self) -> None:
+        self._client.reload_key()
+
     def _release(self, curl: pycurl.Curl) -> tuple[pycurl.Curl, _Exchange, T, Route]:
         entry = self._active.pop(id(curl))
         self._multi.remove_handle(curl)
@@ -310,3 +295,4 @@ class S2SMulti(Generic[T]):
         self._idle.clear()
         self._multi.close()
         self._selector.close()
+        self._client.close()

@@ -19,7 +19,6 @@ import gc
 import logging
 import signal
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from itertools import groupby, repeat
@@ -29,9 +28,10 @@ from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from consumer import dispatch
 from consumer.batching import Item
+from consumer.clock import SYSTEM, Clock
 from consumer.config import Settings
-from consumer.dispatch import Dispatcher
 from consumer.dlq import DlqRecord, DlqWriter, Source, dlq_headers
 from consumer.errors import WorkerFailedError
 from consumer.events import EventDecoder, Poison, Route, Valid
@@ -66,12 +66,13 @@ _COMMITTED_QUERY_S = 5.0
 ConsumerFactory = Callable[[dict[str, Any]], Any]
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Fewer cyclic-GC passes: the loop makes several tracked objects per event
     (records, items, batches) that are freed by reference counting, almost
     never in cycles. At the default threshold (700) the collector ran every
     ~200 events and took 0.5 us per event; at 10,000 it took 0.04 us (bench/).
     What is alive at start-up (modules, settings) is frozen out of the passes.
+    Once per process, before the worker runs (`gr-consumer run`, the benchmarks).
     """
     gc.collect()  # garbage first: frozen objects are never collected
     gc.freeze()
@@ -94,10 +95,13 @@ class Worker:
         consumer_overrides: dict[str, Any] | None = None,
         consumer_factory: ConsumerFactory = Consumer,
         producer_factory: Callable[[dict[str, Any]], Any] = Producer,
+        transport: dispatch.Transport[Any] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.settings = settings
+        self._clock = clock
         self.metrics = metrics or Metrics()
-        self.health = health or Health()
+        self.health = health or Health(clock=clock)
         self.health.stall_limit(settings.stall_timeout_s)
         self._decoder = EventDecoder(
             max_bytes=settings.event_max_bytes, strict_rules=settings.strict_rules
@@ -106,7 +110,7 @@ class Worker:
             settings, on_commit=self._on_commit, **(consumer_overrides or {})
         )
         self._consumer_factory = consumer_factory
-        self._dispatch = Dispatcher(settings, self.metrics, self.health)
+        self._dispatch = dispatch.build(settings, self.metrics, self.health, clock, transport)
         dlq_conf = producer_config(settings, **{"message.timeout.ms": 30000})
         self._dlq = DlqWriter(
             lambda: producer_factory(dlq_conf),
@@ -116,6 +120,7 @@ class Worker:
             retry_max_s=settings.retry_max_s,
             on_failure=self._dlq_failed,
             on_success=self.health.dlq_ok,
+            clock=clock,
         )
         self._dlq_by_tp: dict[TP, list[DlqRecord]] = {}
         self._ledger = Ledger(
@@ -144,7 +149,7 @@ class Worker:
 
     def request_stop(self, *_: Any) -> None:
         if self._stop_at is None:
-            self._stop_at = time.monotonic()
+            self._stop_at = self._clock.monotonic()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -158,7 +163,7 @@ class Worker:
     @property
     def _deadline(self) -> float:
         """When the whole stop sequence must be over."""
-        start = self._stop_at if self._stop_at is not None else time.monotonic()
+        start = self._stop_at if self._stop_at is not None else self._clock.monotonic()
         budget = self.settings.shutdown_timeout_s
         return start + budget - min(_EXIT_MAX_S, _EXIT_SHARE * budget)
 
@@ -167,7 +172,6 @@ class Worker:
         return min(_CLOSE_MAX_S, _CLOSE_SHARE * self.settings.shutdown_timeout_s)
 
     def run(self, until: Callable[[], bool] | None = None) -> int:
-        _tune_gc()
         consumer = self._consumer_factory(self._consumer_conf)
         code = 0
         try:
@@ -201,14 +205,19 @@ class Worker:
             if not messages:
                 self._dispatch.wait(_BUSY_POLL_S)
         else:
-            if led.in_flight or self._dlq.pending:
+            if self._dlq.pending:
                 timeout = _BUSY_POLL_S
             else:
-                timeout = max(led.next_due_in(time.monotonic(), _IDLE_POLL_S), 0.001)
+                now = self._clock.monotonic()
+                timeout = led.next_due_in(now, _IDLE_POLL_S)
+                wake = self._dispatch.next_wake()
+                if wake is not None:
+                    timeout = min(timeout, wake - now)
+                timeout = max(timeout, 0.001)
             messages = consumer.consume(_CONSUME_BATCH, timeout)
         if self._pending:
             self._carry_out_pending(consumer)
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if messages:
             self._ingest(messages, now)
         self._collect(now)
@@ -468,12 +477,12 @@ class Worker:
     def _commit_failed(self, targets: list[tuple[TP, int]], error: str) -> None:
         self.metrics.commits.labels("error").inc()
         log.warning("commit failed", extra={"error": error})
-        now = time.monotonic()
+        now = self._clock.monotonic()
         for tp, offset in targets:
             self._ledger.commit_result(tp, offset, False, now)
 
     def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> bool:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if err is not None and err.code() == KafkaError._NO_OFFSET:
             return True
         ok_all = True
@@ -527,7 +536,7 @@ class Worker:
         self.metrics.rebalances.labels("assign").inc()
         tps = [(tp.topic, tp.partition) for tp in partitions]
         # pause or resume each once the assignment is in place, after this callback
-        self._pending.append(self._ledger.assigned(tps, time.monotonic()))
+        self._pending.append(self._ledger.assigned(tps, self._clock.monotonic()))
         self.metrics.partitions_assigned.set(len(self._ledger.parts))
         self.health.joined()
         log.info("partitions assigned", extra={"partitions": [f"{t}:{p}" for t, p in tps]})
@@ -542,14 +551,14 @@ class Worker:
         if self._stop_at is not None:
             deadline = self._deadline - self._close_reserve
         else:
-            deadline = time.monotonic() + min(
+            deadline = self._clock.monotonic() + min(
                 _REVOKE_WAIT_S, max(self.settings.shutdown_timeout_s, 1.0)
             )
-        while time.monotonic() < deadline and self._revoke_waits(tps):
-            self._collect(time.monotonic())
+        while self._clock.monotonic() < deadline and self._revoke_waits(tps):
+            self._collect(self._clock.monotonic())
             self._dlq.service(0.005)
             self._dispatch.wait(0.005)
-        self._collect(time.monotonic())
+        self._collect(self._clock.monotonic())
         targets = led.revoke_targets(tps)
         if targets and not self._commit_sync(consumer, targets):
             log.warning(
@@ -577,9 +586,12 @@ class Worker:
     def _let_go(self, tps: list[TP], lost: bool) -> None:
         led = self._ledger
         if lost:
-            led.lost(tps, time.monotonic())
+            gone = led.lost(tps, self._clock.monotonic())
         else:
-            led.revoked(tps, time.monotonic())
+            gone = led.revoked(tps, self._clock.monotonic())
+        for part in gone:
+            if part.in_flight is not None:
+                self._dispatch.cancel(part.in_flight)
         cancelled = 0
         for tp in tps:
             for record in self._dlq_by_tp.pop(tp, []):
@@ -605,7 +617,7 @@ class Worker:
         self._carry_out(consumer, led.drain())
         deadline = self._deadline - self._close_reserve
         log.info("draining", extra={"timeout_s": self.settings.shutdown_timeout_s})
-        while time.monotonic() < deadline and (led.busy() or led.uncommitted()):
+        while self._clock.monotonic() < deadline and (led.busy() or led.uncommitted()):
             self._turn(consumer, flush=True)
         if led.busy():
             log.warning("shutdown timeout reached; undelivered events stay uncommitted")
@@ -616,12 +628,12 @@ class Worker:
         """Leave the group and let go of everything, whatever state the loop left."""
         for part in self._ledger.parts.values():
             if part.in_flight is not None:
-                part.in_flight.cancel()
+                self._dispatch.cancel(part.in_flight)
         if commit:
             try:
-                self._collect(time.monotonic())
+                self._collect(self._clock.monotonic())
                 targets = self._ledger.uncommitted()
-                if targets and time.monotonic() < self._deadline:
+                if targets and self._clock.monotonic() < self._deadline:
                     self._commit_sync(consumer, targets)
             except Exception as exc:  # noqa: BLE001
                 log.warning("final commit failed", extra={"error": str(exc)})
@@ -629,8 +641,10 @@ class Worker:
             consumer.close()  # leaves the group now, not after session.timeout.ms
         except Exception as exc:  # noqa: BLE001
             log.warning("consumer close failed", extra={"error": str(exc)})
-        self._dispatch.close(max(0.0, min(1.0, self._deadline - time.monotonic())))
-        left = self._dlq.close(max(0.0, min(_CLOSE_MAX_S, self._deadline - time.monotonic())))
+        self._dispatch.close()
+        left = self._dlq.close(
+            max(0.0, min(_CLOSE_MAX_S, self._deadline - self._clock.monotonic()))
+        )
         if left:
             log.warning("dlq records unacknowledged at exit", extra={"count": left})
         log.info("stopped", extra=dict(self.stats))

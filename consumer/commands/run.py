@@ -35,7 +35,7 @@ def serve(settings: config.Settings) -> int:
     """Run a worker with its ops endpoints until SIGTERM/SIGINT; returns the exit code."""
     from consumer.kafka_access import check_kafka_access
     from consumer.observe import Health, Metrics, OpsServer, setup_logging
-    from consumer.worker import Worker
+    from consumer.worker import Worker, tune_gc
 
     secrets = [settings.api_key.read().reveal(), *settings.librdkafka_secrets().values()]
     setup_logging(settings.log_level, settings.log_format, secrets)
@@ -61,6 +61,7 @@ def serve(settings: config.Settings) -> int:
     worker.install_signal_handlers()
     if early_stop.is_set():
         worker.request_stop()  # told to stop while starting: nothing read, nothing to drain
+    tune_gc()
     try:
         return worker.run()
     finally:

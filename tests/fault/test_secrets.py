@@ -139,7 +139,7 @@ def test_rotated_keys_echoed_answers_and_exceptions_leak_nothing(
     exception carrying the key: neither key is found in the logs, /metrics, /readyz, the
     DLQ headers or the traceback, and the masks show they were there to be scrubbed."""
     from consumer import config
-    from consumer.delivery import Deliverer
+    from consumer.delivery import Delivery
     from consumer.observe import OpsServer, setup_logging
     from consumer.worker import Worker
 
@@ -153,15 +153,15 @@ def test_rotated_keys_echoed_answers_and_exceptions_leak_nothing(
     key_file.write_text(KEY_A + "\n")
     http = urllib3.PoolManager()
     raised: list[str] = []
-    real_send = Deliverer._send
+    real_judge = Delivery._judge
 
-    def send_once_failing(self: Deliverer, *args: Any) -> Any:
+    def judge_once_failing(self: Delivery, *args: Any) -> Any:
         if not raised:
             raised.append("yes")
             raise RuntimeError(
-                f"injected failure while sending with X-API-Key: {key_file.read_text().strip()}"
+                f"injected failure while judging an answer, X-API-Key: {key_file.read_text().strip()}"
             )
-        return real_send(self, *args)
+        return real_judge(self, *args)
 
     with Simulator(keys=[KEY_A, KEY_B], limit_per_window=None) as sim:
         sim.echo_key = True
@@ -194,7 +194,7 @@ def test_rotated_keys_echoed_answers_and_exceptions_leak_nothing(
         thread = threading.Thread(target=lambda: codes.append(worker.run()), daemon=True)
         try:
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(Deliverer, "_send", send_once_failing)
+                mp.setattr(Delivery, "_judge", judge_once_failing)
                 thread.start()
                 wait_until(lambda: sim.events_accepted() >= 1000, 120, "delivery with key A")
             key_file.write_text(KEY_B + "\n")  # rotated: the Secret is re-mounted
@@ -228,7 +228,7 @@ def test_rotated_keys_echoed_answers_and_exceptions_leak_nothing(
         for key in (KEY_A, KEY_B):
             assert key.encode() not in blob, f"{key[:16]}... found in {where}"
     # the traceback of the failed delivery (the batch is retried), scrubbed
-    assert "injected failure while sending with X-API-Key: ***" in logs
+    assert "injected failure while judging an answer, X-API-Key: ***" in logs
     assert '"key":"***"' in logs.replace('\\"', '"')  # the API's echo, logged at DEBUG, scrubbed
     details = [r.headers["gr.dlq.detail"] for r in dlq]
     assert all(b'"key":"***"' in d for d in details), details[:2]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from consumer.batching import Item
-from consumer.delivery import DeliveryJob, DeliveryResult, Rejection
 from consumer.events import Route
+from consumer.jobs import DeliveryJob, DeliveryResult, Rejection
 from consumer.ledger import BUFFER_FULL, DRAINING, UNCOMMITTED, Ledger
 
 P0, P1 = ("t", 0), ("t", 1)

@@ -1,0 +1,291 @@
+"""The invariants, checked as the run goes (at each commit, each answer, each loop turn)
+and at its end. A broken one is recorded with the virtual time it broke at; the run
+stops at the first one so the seed's report says exactly what went wrong, and when.
+
+Black-box where it can be (what reached the API, the DLQ and the group; what
+the consumer handed out), white-box only for the scheduler's fairness, which is
+about the worker's own choices.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from consumer.events import Route
+from consumer.ledger import UNCOMMITTED
+from tests.simulation.api import ApiObserver
+from tests.simulation.kafka import TOPIC, Cluster, DlqEntry, Observer
+from tests.simulation.records import Rec
+from tests.simulation.world import World
+
+
+class Violation(BaseException):  # not an Exception: the worker must not catch it
+    def __init__(self, invariant: str, detail: str, at: float) -> None:
+        super().__init__(f"[{invariant}] at t={at:.3f}s: {detail}")
+        self.invariant = invariant
+        self.detail = detail
+        self.at = at
+
+
+@dataclass
+class Bounds:
+    max_buffered_bytes: int
+    buffer_slack: int  # one fetch's worth of the largest records
+    max_uncommitted: int
+    batch_max_events: int
+    shutdown_timeout_s: float
+    ordering: str = "partition"
+
+
+@dataclass
+class Checker(Observer, ApiObserver):
+    world: World
+    bounds: Bounds
+    recs: dict[tuple[int, int], Rec] = field(default_factory=dict)
+    delivered: dict[tuple[int, int], int] = field(default_factory=dict)
+    safe: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    dead: dict[tuple[int, int], list[DlqEntry]] = field(default_factory=dict)
+    refused_by_api: set[tuple[int, int]] = field(default_factory=set)
+    # first arrivals: the highest offset first delivered per partition (or per key)
+    first_high: dict[Any, int] = field(default_factory=dict)
+    # held: records the consumer handed out, not finished, per owned partition
+    held: dict[int, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    held_bytes: int = 0
+    peak_held_bytes: int = 0
+    # run-ahead: offsets finished during this ownership, per partition
+    ahead: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    peak_ahead: int = 0
+    owned: set[int] = field(default_factory=set)
+    cluster: Cluster | None = None
+    statuses: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    requests: int = 0
+    # fairness
+    _last_job: dict[Any, Any] = field(default_factory=dict)
+    _waiting: set[Any] = field(default_factory=set)
+    starve: dict[Any, int] = field(default_factory=lambda: defaultdict(int))
+    peak_starve: int = 0
+    turns: int = 0
+    worker: Any = None
+
+    def fail(self, invariant: str, detail: str) -> None:
+        raise Violation(invariant, detail, self.world.now)
+
+    # ---- ground truth ----
+
+    def add(self, rec: Rec) -> None:
+        self.recs[(rec.partition, rec.offset)] = rec
+
+    def finished(self, mark: tuple[int, int]) -> bool:
+        return mark in self.delivered or mark in self.dead
+
+    def _finish(self, mark: tuple[int, int]) -> None:
+        p, o = mark
+        size = self.held[p].pop(o, None)
+        if size is not None:
+            self.held_bytes -= size
+        if p in self.owned:
+            self.ahead[p].add(o)
+            self._check_ahead(p)
+
+    # ---- Kafka ----
+
+    def records_returned(self, recs: list[Rec]) -> None:
+        for rec in recs:
+            p, o = rec.partition, rec.offset
+            if p not in self.owned or self.finished((p, o)) or o in self.held[p]:
+                continue
+            size = rec.size + sum(len(k) + len(v or b"") for k, v in rec.headers or ())
+            self.held[p][o] = size
+            self.held_bytes += size
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
+
+    def let_go(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self.owned.discard(p)
+            self.held_bytes -= sum(self.held[p].values())
+            self.held[p].clear()
+            self.ahead[p].clear()
+
+    def assigned(self, partitions: list[int]) -> None:
+        self.owned.update(partitions)
+
+    def commit_sent(self, partition: int, offset: int, owned: bool, sync: bool) -> None:
+        if not owned:
+            self.fail("commit-owned", f"commit of {partition}@{offset} for a partition not owned")
+        safe = self.safe[partition]
+        while self.finished((partition, safe)):
+            safe += 1
+        self.safe[partition] = safe
+        if offset > safe:
+            self.fail(
+                "commit-safe",
+                f"commit of {partition}@{offset} while offset {safe} was neither accepted "
+                "by the API nor acknowledged by the DLQ",
+            )
+
+    def commit_applied(self, partition: int, offset: int) -> None:
+        ahead = self.ahead[partition]
+        for o in [o for o in ahead if o < offset]:
+            ahead.discard(o)
+
+    def _check_ahead(self, p: int) -> None:
+        n = len(self.ahead[p])
+        self.peak_ahead = max(self.peak_ahead, n)
+        b = self.bounds
+        if n > b.max_uncommitted + b.batch_max_events + 200 + 1:
+            self.fail(
+                "run-ahead",
+                f"partition {p}: {n} events finished past the group's offset "
+                f"(bound {b.max_uncommitted} + one batch + one fetch)",
+            )
+
+    def dlq_acked(self, entry: DlqEntry) -> None:
+        topic = entry.header("gr.dlq.source.topic")
+        part = entry.header("gr.dlq.source.partition")
+        off = entry.header("gr.dlq.source.offset")
+        if topic != TOPIC.encode() or part is None or off is None:
+            self.fail("dlq-headers", f"a DLQ record without its source: {entry.headers[-8:]!r}")
+        mark = (int(part or b"-1"), int(off or b"-1"))
+        rec = self.recs.get(mark)
+        if rec is None:
+            self.fail("dlq-headers", f"a DLQ record naming an unknown source {mark}")
+            return
+        reason = (entry.header("gr.dlq.reason") or b"").decode()
+        original = (entry.header("gr.dlq.original.reason") or b"").decode()
+        if rec.expect == "deliver":
+            self.fail("no-valid-in-dlq", f"valid record {mark} dead-lettered as {reason}")
+        if reason != rec.expect and original != rec.expect:
+            self.fail("dlq-reason", f"record {mark} dead-lettered as {reason}, not {rec.expect}")
+        if reason == "too_large" and original:
+            if not (rec.value or b"").startswith(entry.value or b""):
+                self.fail("dlq-value", f"record {mark}: the cut copy is not a prefix of its value")
+        elif entry.value != rec.value or entry.key != rec.key:
+            self.fail("dlq-value", f"record {mark}: the DLQ copy changed its key or value")
+        if not original:
+            kept = [h for h in entry.headers if not h[0].startswith("gr.dlq.")]
+            want = [h for h in rec.headers or () if not h[0].startswith("gr.dlq.")]
+            if kept != want:
+                self.fail("dlq-headers", f"record {mark}: original headers not kept as they were")
+        first = mark not in self.dead
+        self.dead.setdefault(mark, []).append(entry)
+        if first:
+            self._finish(mark)
+
+    # ---- the API ----
+
+    def accepted(self, marks: list[tuple[int, int]], route: Route) -> None:
+        for mark in marks:
+            rec = self.recs.get(mark)
+            if rec is None:
+                self.fail("api-events", f"the API accepted an event with unknown mark {mark}")
+                return
+            if rec.expect != "deliver":
+                self.fail("api-events", f"the API accepted {mark}, which must be {rec.expect}")
+            if mark in self.delivered:
+                self.delivered[mark] += 1
+                continue
+            self.delivered[mark] = 1
+            self._order(rec)
+            self._finish(mark)
+
+    def _order(self, rec: Rec) -> None:
+        key: Any = rec.partition
+        if self.bounds.ordering == "key" and rec.key is not None:
+            key = (rec.partition, rec.key)
+        high = self.first_high.get(key, -1)
+        if rec.offset < high:
+            self.fail(
+                "order",
+                f"first arrival of {rec.partition}@{rec.offset} after {rec.partition}@{high}"
+                + (f" (key {rec.player})" if isinstance(key, tuple) else ""),
+            )
+        self.first_high[key] = max(high, rec.offset)
+
+    def refused(self, mark: tuple[int, int] | None, status: int) -> None:
+        if mark is not None:
+            self.refused_by_api.add(mark)
+
+    def answered(self, status: int, events: int) -> None:
+        self.requests += 1
+        self.statuses[status] += 1
+
+    def violation(self, what: str) -> None:
+        self.fail("request-shape", what)
+
+    # ---- every loop turn ----
+
+    def turn(self) -> None:
+        """Called at each consume: once per loop turn, drain and rebalances included."""
+        worker = self.worker
+        if worker is None:
+            return
+        self.turns += 1
+        b = self.bounds
+        if self.held_bytes > b.max_buffered_bytes + b.buffer_slack:
+            self.fail(
+                "memory",
+                f"{self.held_bytes} bytes of records held, over GR_MAX_BUFFERED_BYTES "
+                f"{b.max_buffered_bytes} + one fetch ({b.buffer_slack})",
+            )
+        self._fairness(worker)
+
+    def _fairness(self, worker: Any) -> None:
+        """A partition with a due batch and no request in flight waits for at most as many
+        grants to other partitions as the worker owns partitions."""
+        ledger = worker._ledger
+        now = self.world.now
+        halted = worker.health.halted
+        grants = 0
+        granted: set[Any] = set()
+        for tp, part in ledger.parts.items():
+            job = part.in_flight
+            if job is not None and job is not self._last_job.get(tp):
+                grants += 1
+                granted.add(tp)
+            self._last_job[tp] = job
+        waiting = set()
+        if not halted and not ledger.draining:
+            for tp, part in ledger.parts.items():
+                if (
+                    part.in_flight is None
+                    and part.retry_batch is None
+                    and UNCOMMITTED not in part.reasons
+                    and not ledger._too_far_ahead(part, ledger.max_uncommitted, now)
+                    and part.batcher.due_in(now) == 0
+                ):
+                    waiting.add(tp)
+        bound = len(ledger.parts)
+        for tp in list(self.starve):
+            if tp in granted or tp not in ledger.parts:
+                del self.starve[tp]
+        for tp in self._waiting & waiting:
+            self.starve[tp] += grants
+            self.peak_starve = max(self.peak_starve, self.starve[tp])
+            if self.starve[tp] > bound:
+                self.fail(
+                    "fairness",
+                    f"partition {tp[1]} has had a due batch and no slot while {self.starve[tp]} "
+                    f"requests slots went to other partitions (it owns {bound})",
+                )
+        for tp in list(self.starve):
+            if tp not in waiting:
+                del self.starve[tp]
+        self._waiting = waiting
+
+    # ---- at the end ----
+
+    def final(self, cluster: Cluster) -> None:
+        for mark, rec in self.recs.items():
+            if rec.expect == "deliver":
+                if mark not in self.delivered:
+                    self.fail("delivered", f"valid record {mark} never reached the API")
+            elif mark not in self.dead:
+                self.fail("dead-lettered", f"record {mark} ({rec.expect}) not in the DLQ")
+        ends = cluster.end_offsets()
+        for p, end in enumerate(ends):
+            if cluster.committed.get(p, 0) != end:
+                self.fail(
+                    "committed", f"partition {p}: group at {cluster.committed.get(p)} of {end}"
+                )

@@ -1,0 +1,365 @@
+"""Simulated Kafka: the topic's partitions, the group, the worker's consumer, the DLQ producer.
+
+The consumer behaves as librdkafka does where the worker can tell: runs of
+one partition per fetch, paused partitions return nothing, a (re)assigned
+partition starts at the group's committed offset, rebalance callbacks run
+inside `consume`, asynchronous commits are answered later (or refused, or
+never), a synchronous commit blocks while the coordinator is away, records
+are sometimes read again from an earlier position. The producer acknowledges
+after a delay, or refuses (a missing topic, no authorisation, a full queue, a
+record too large for the topic), or turns fatal the way librdkafka reports it:
+an error callback with `_FATAL`, delivery reports and `produce` failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from tests.simulation.records import Rec
+from tests.simulation.world import World
+
+TOPIC = "sim-events"
+DLQ_TOPIC = "sim-events.dlq"
+
+
+@dataclass
+class DlqEntry:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+class Observer:
+    """What the invariant checker wants to hear from Kafka (overridden by the checker)."""
+
+    def commit_sent(self, partition: int, offset: int, owned: bool, sync: bool) -> None: ...
+    def commit_applied(self, partition: int, offset: int) -> None: ...
+    def records_returned(self, recs: list[Rec]) -> None: ...
+    def dlq_acked(self, entry: DlqEntry) -> None: ...
+    def let_go(self, partitions: list[int]) -> None: ...
+    def assigned(self, partitions: list[int]) -> None: ...
+    def turn(self) -> None: ...
+
+
+@dataclass
+class Cluster:
+    """The topic, the group's committed offsets, the DLQ topic and the faults on them."""
+
+    world: World
+    partitions: int
+    observer: Observer
+    logs: list[list[tuple[float, Rec]]] = field(default_factory=list)
+    committed: dict[int, int] = field(default_factory=dict)
+    dlq: list[DlqEntry] = field(default_factory=list)
+    generation: int = 0
+    coordinator_up: bool = True
+    commit_refuse_rate: float = 0.0
+    commit_silence_rate: float = 0.0
+    reread_rate: float = 0.0
+    # the DLQ topic
+    dlq_mode: str = "ok"  # ok | refuse | full
+    dlq_topic_max_bytes: int = 1_000_000
+    producers: list[SimProducer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.logs = [[] for _ in range(self.partitions)]
+
+    def append(self, rec: Rec, at: float) -> None:
+        self.logs[rec.partition].append((at, rec))
+
+    def end_offsets(self) -> list[int]:
+        return [len(log) for log in self.logs]
+
+
+def _message(rec: Rec) -> Message:
+    return Message(
+        topic=TOPIC,
+        partition=rec.partition,
+        offset=rec.offset,
+        key=rec.key,
+        value=rec.value,
+        headers=cast(Any, rec.headers),
+        timestamp=(1, rec.timestamp_ms),
+    )
+
+
+class SimConsumer:
+    """The worker's consumer; one member of the group, the others are phantoms."""
+
+    def __init__(self, cluster: Cluster, conf: dict[str, Any]) -> None:
+        self.cluster = cluster
+        self.world = cluster.world
+        self._on_commit: Callable[[Any, list[TopicPartition]], None] = conf["on_commit"]
+        self.callbacks: dict[str, Any] = {}
+        self.assigned: dict[int, int] = {}  # partition -> fetch position
+        self.paused: set[int] = set()
+        self._answers: list[tuple[KafkaError | None, list[TopicPartition]]] = []
+        # (revoke, assign, lost) waiting to be delivered inside the next consume
+        self._rebalances: list[tuple[list[int], list[int], bool]] = []
+        self._rr = 0
+        self.closed = False
+        self.in_callback = False
+
+    # ---- what the world does to the group ----
+
+    def rebalance(self, revoke: list[int], assign: list[int], lost: bool = False) -> None:
+        self._rebalances.append((revoke, assign, lost))
+
+    # ---- the client API the worker uses ----
+
+    def subscribe(self, _topics: list[str], **callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def consume(self, num: int, timeout: float) -> list[Message]:
+        if self.closed:
+            raise RuntimeError("consume after close")
+        self.cluster.observer.turn()
+        self._callbacks()
+        out = self._fetch(num)
+        if out:
+            return out
+        self.world.block(timeout)
+        self._callbacks()
+        return self._fetch(num)
+
+    def _callbacks(self) -> None:
+        answers, self._answers = self._answers, []
+        for err, tps in answers:
+            self._on_commit(err, tps)
+        while self._rebalances:
+            revoke, assign, lost = self._rebalances.pop(0)
+            revoke = [p for p in revoke if p in self.assigned]
+            if revoke:
+                self.cluster.generation += 1
+                tps = [TopicPartition(TOPIC, p) for p in revoke]
+                if lost:
+                    for p in revoke:
+                        self._drop(p)
+                    self._call("on_lost", tps)
+                else:
+                    self._call("on_revoke", tps)
+                    for p in revoke:
+                        self._drop(p)
+            assign = [p for p in assign if p not in self.assigned]
+            if assign:
+                self.cluster.generation += 1
+                for p in assign:
+                    self.assigned[p] = max(0, self.cluster.committed.get(p, 0))
+                self.cluster.observer.assigned(assign)
+                self._call("on_assign", [TopicPartition(TOPIC, p) for p in assign])
+
+    def _drop(self, p: int) -> None:
+        self.assigned.pop(p, None)
+        self.paused.discard(p)  # librdkafka forgets the pause with the partition
+        self.cluster.observer.let_go([p])
+
+    def _call(self, name: str, tps: list[TopicPartition]) -> None:
+        self.in_callback = True
+        try:
+            self.callbacks[name](self, tps)
+        finally:
+            self.in_callback = False
+
+    def _fetch(self, num: int) -> list[Message]:
+        logs = self.cluster.logs
+        now = self.world.now
+        rng = self.world.rng
+        parts = [p for p in sorted(self.assigned) if p not in self.paused]
+        out: list[Message] = []
+        recs: list[Rec] = []
+        if not parts:
+            return out
+        for i in range(len(parts)):
+            p = parts[(self._rr + i) % len(parts)]
+            pos = self.assigned[p]
+            log = logs[p]
+            run = rng.randint(1, 120)
+            while run and len(out) < num and pos < len(log) and log[pos][0] <= now:
+                rec = log[pos][1]
+                out.append(_message(rec))
+                recs.append(rec)
+                pos += 1
+                run -= 1
+            if pos != self.assigned[p] and rng.random() < self.cluster.reread_rate:
+                pos = max(0, pos - rng.randint(1, 5))  # fetched again from an earlier position
+            self.assigned[p] = pos
+            if len(out) >= num:
+                break
+        self._rr += 1
+        if recs:
+            self.cluster.observer.records_returned(recs)
+        return out
+
+    def pause(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            if tp.partition not in self.assigned:
+                raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+        self.paused.update(tp.partition for tp in tps)
+
+    def resume(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.paused.discard(tp.partition)
+
+    def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if not self.cluster.coordinator_up:
+            self.world.block(timeout)
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        self.world.block(0.002)
+        return [
+            TopicPartition(tp.topic, tp.partition, self.cluster.committed.get(tp.partition, -1001))
+            for tp in tps
+        ]
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> Any:
+        cluster = self.cluster
+        generation = cluster.generation
+        for tp in offsets:
+            cluster.observer.commit_sent(
+                tp.partition, tp.offset, tp.partition in self.assigned, not asynchronous
+            )
+        done = [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
+        rng = self.world.rng
+        if not asynchronous:
+            if not cluster.coordinator_up:
+                # librdkafka's synchronous commit has no timeout of its own: it waits
+                # for the coordinator (here, up to a minute) before failing
+                self.world.block(60.0)
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+            self.world.block(0.003)
+            if rng.random() < cluster.commit_refuse_rate:
+                raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+            self._apply(done, generation)
+            return done
+        if not cluster.coordinator_up or rng.random() < cluster.commit_silence_rate:
+            return None  # never answered (the request waits for a coordinator)
+        refused = rng.random() < cluster.commit_refuse_rate
+
+        def answer() -> None:
+            if refused or (cluster.generation != generation and not self._still_owned(done)):
+                self._answers.append((KafkaError(KafkaError.REBALANCE_IN_PROGRESS), done))
+                return
+            self._apply(done, generation)
+            self._answers.append((None, done))
+
+        self.world.after(rng.uniform(0.001, 0.05), answer)
+        return None
+
+    def _still_owned(self, tps: list[TopicPartition]) -> bool:
+        return all(tp.partition in self.assigned for tp in tps)
+
+    def _apply(self, tps: list[TopicPartition], _generation: int) -> None:
+        for tp in tps:
+            self.cluster.committed[tp.partition] = tp.offset
+            self.cluster.observer.commit_applied(tp.partition, tp.offset)
+
+    def close(self) -> None:
+        self.closed = True
+        for p in list(self.assigned):
+            self._drop(p)
+
+
+@dataclass
+class _Queued:
+    value: bytes | None
+    key: bytes | None
+    headers: list[tuple[str, bytes | None]]
+    callback: Callable[[Any, Any], None]
+
+
+class SimProducer:
+    """The DLQ producer: acknowledges after a delay unless the DLQ is in trouble."""
+
+    def __init__(self, cluster: Cluster, conf: dict[str, Any]) -> None:
+        self.cluster = cluster
+        self.world = cluster.world
+        self._max_bytes = int(conf.get("message.max.bytes", 1_000_000))
+        self._error_cb: Callable[[KafkaError], None] | None = conf.get("error_cb")
+        self._reports: list[tuple[Callable[[Any, Any], None], KafkaError | None]] = []
+        self._queued: list[_Queued] = []
+        self._errors: list[KafkaError] = []
+        self.fatal = False
+        cluster.producers.append(self)
+
+    def go_fatal(self) -> None:
+        """librdkafka's fatal state (a fenced idempotent producer, say), as the client reports
+        it: the error callback gets `_FATAL`, every later delivery report and produce fails."""
+        if not self.fatal:
+            self.fatal = True
+            self._errors.append(KafkaError(KafkaError._FATAL, "fenced"))
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes | None]] | None = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        assert topic == DLQ_TOPIC
+        assert on_delivery is not None
+        hdrs = list(headers or [])
+        if self.fatal:
+            raise KafkaException(KafkaError(KafkaError._FATAL, "producer is fenced"))
+        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in hdrs)
+        if size > self._max_bytes:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        if self.cluster.dlq_mode == "full" and self.world.rng.random() < 0.5:
+            raise BufferError("Local: Queue full")
+        q = _Queued(value, key, hdrs, on_delivery)
+        self._queued.append(q)
+        self.world.after(self.world.rng.uniform(0.001, 0.03), lambda: self._settle(q, size))
+
+    def _settle(self, q: _Queued, size: int) -> None:
+        if q not in self._queued:
+            return  # purged
+        self._queued.remove(q)
+        mode = self.cluster.dlq_mode
+        if self.fatal:
+            self._reports.append((q.callback, KafkaError(KafkaError._FATAL)))
+        elif mode == "refuse":
+            self._reports.append((q.callback, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+        elif size > self.cluster.dlq_topic_max_bytes:
+            self._reports.append((q.callback, KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)))
+        else:
+            entry = DlqEntry(q.key, q.value, q.headers)
+            self.cluster.dlq.append(entry)
+            self.cluster.observer.dlq_acked(entry)
+            self._reports.append((q.callback, None))
+
+    def poll(self, timeout: float = 0.0) -> int:
+        if not self._reports and not self._errors and timeout > 0:
+            self.world.block(timeout)
+        errors, self._errors = self._errors, []
+        for error in errors:
+            if self._error_cb is not None:
+                self._error_cb(error)
+        reports, self._reports = self._reports, []
+        for callback, err in reports:
+            callback(err, None)
+        return len(reports)
+
+    def purge(self, *_args: Any) -> None:
+        queued, self._queued = self._queued, []
+        for q in queued:
+            self._reports.append((q.callback, KafkaError(KafkaError._PURGE_QUEUE)))
+
+    def flush(self, timeout: float = 0.0) -> int:
+        self.poll(timeout)
+        return len(self._queued)
+
+    def __len__(self) -> int:
+        return len(self._queued) + len(self._reports)
+
+    def close(self) -> None:
+        if self in self.cluster.producers:
+            self.cluster.producers.remove(self)
