@@ -32,7 +32,7 @@ log = logging.getLogger("consumer.dlq")
 
 DLQ_PREFIX = "gr.dlq."
 MAX_DETAIL_BYTES = 1024
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, bytes | None]]  # a header's value may be null (Kafka allows it)
 
 
 def truncate_utf8(text: str, limit: int = MAX_DETAIL_BYTES) -> bytes:
@@ -84,6 +84,10 @@ def dlq_headers(
     return headers
 
 
+def _header_bytes(headers: Headers) -> int:
+    return sum(len(k) + len(v or b"") for k, v in headers)
+
+
 @dataclass(slots=True)
 class DlqRecord:
     key: bytes | None
@@ -94,6 +98,8 @@ class DlqRecord:
     attempts: int = 0
     # its partition went to another worker, which reads and dead-letters it again
     cancelled: bool = False
+    # after the DLQ topic refused it for its size: the size to cut it to next
+    cap: int = 0
 
     @property
     def size(self) -> int:
@@ -101,34 +107,45 @@ class DlqRecord:
         return (
             len(self.value or b"")
             + len(self.key or b"")
-            + sum(len(k) + len(v) for k, v in self.headers)
+            + _header_bytes(self.headers)
             + RECORD_OVERHEAD
         )
 
 
 RECORD_OVERHEAD = 512  # record and batch framing, with room to spare
-# a broker-side size refusal (the DLQ topic's own max.message.bytes) is met with this much
+# a broker-side size refusal (the DLQ topic's own max.message.bytes) is met with this much,
+# then half as much at each further refusal
 SMALL_COPY_BYTES = 64 * 1024
 
 
 def truncate(record: DlqRecord, limit: int) -> DlqRecord:
-    """Cut the record, in place, to fit `limit` bytes: reason `too_large`, the original kept
-    in `gr.dlq.original.reason` and `gr.dlq.original.size`."""
+    """Cut the record, in place, to fit `limit` bytes: the value first, then the original
+    headers. Reason `too_large`; the original reason and sizes kept in `gr.dlq.original.*`."""
     value = record.value or b""
-    found = dict(record.headers)
-    reason = found.get("gr.dlq.original.reason", found.get("gr.dlq.reason", b"")).decode()
-    size = int(found.get("gr.dlq.original.size", str(len(value)).encode()))
+    ours = [(k, v or b"") for k, v in record.headers if k.startswith(DLQ_PREFIX)]
+    theirs = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
+    found = dict(ours)
+    reason = (found.get("gr.dlq.original.reason") or found.get("gr.dlq.reason") or b"").decode()
+    size = int(found.get("gr.dlq.original.size") or str(len(value)).encode())
     detail = found.get("gr.dlq.detail", b"").decode("utf-8", "replace")
     if "gr.dlq.original.size" not in found:
-        detail = f"{size} bytes, too large for the DLQ; value truncated ({reason}: {detail})"
+        detail = f"{size} bytes, too large for the DLQ; cut ({reason}: {detail})"
     drop = ("gr.dlq.reason", "gr.dlq.detail", "gr.dlq.original.size", "gr.dlq.original.reason")
-    record.headers = [(k, v) for k, v in record.headers if k not in drop] + [
+    ours = [(k, v) for k, v in ours if k not in drop] + [
         ("gr.dlq.reason", b"too_large"),
         ("gr.dlq.detail", truncate_utf8(detail)),
         ("gr.dlq.original.size", str(size).encode()),
         ("gr.dlq.original.reason", reason.encode()),
     ]
     record.value = b""
+    record.headers = [*theirs, *ours]
+    if record.size > limit and theirs:
+        # the value alone was not enough: the original headers go too, and say so
+        record.headers = [
+            *ours,
+            ("gr.dlq.original.headers.count", str(len(theirs)).encode()),
+            ("gr.dlq.original.headers.size", str(_header_bytes(theirs)).encode()),
+        ]
     record.value = value[: max(0, limit - record.size)]
     return record
 
@@ -224,7 +241,7 @@ class DlqWriter:
             except DlqWriteError as exc:
                 self._waiting.popleft()
                 if exc.code == "MSG_SIZE_TOO_LARGE":
-                    truncate(record, min(self._max_bytes, SMALL_COPY_BYTES))
+                    self._shrink(record)
                 self._failed(record, exc.code)
                 continue
             self._waiting.popleft()
@@ -241,6 +258,15 @@ class DlqWriter:
             )
         except KafkaException as exc:
             raise DlqWriteError(error_name(exc.args[0]) if exc.args else "unknown") from exc
+
+    def _shrink(self, record: DlqRecord) -> None:
+        """Refused for its size: cut it if it is over the cap, a cap halved at each refusal
+        (the topic's limit is unknown). The broker refuses whole producer batches, so a
+        small record refused beside a large one goes again as it is."""
+        cap = record.cap or min(self._max_bytes, SMALL_COPY_BYTES)
+        record.cap = max(RECORD_OVERHEAD, cap // 2)
+        if record.size > cap:
+            truncate(record, cap)
 
     def _failed(self, record: DlqRecord, code: str) -> None:
         """Any failure: wait with backoff, report it, try again (unless its partition went)."""
@@ -268,7 +294,7 @@ class DlqWriter:
                 return
             code = error_name(err)
             if code == "MSG_SIZE_TOO_LARGE":  # the DLQ topic's own limit is lower
-                truncate(record, min(self._max_bytes, SMALL_COPY_BYTES))
+                self._shrink(record)
             if getattr(err, "fatal", lambda: False)():
                 self._replace = True  # in service(), not inside the producer's own callback
             self._failed(record, code)

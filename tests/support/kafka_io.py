@@ -21,6 +21,8 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    # as they came: duplicates and null values kept
+    header_list: tuple[tuple[str, bytes | None], ...] = ()
 
 
 def produce(
@@ -102,10 +104,11 @@ def read_all(
             for m in msgs:
                 if m.error() is not None:
                     continue
+                listed = tuple(m.headers() or [])
                 out.append(
                     Record(
                         m.topic(), m.partition(), m.offset(), m.key(), m.value(),
-                        dict(m.headers() or []),
+                        dict(listed), listed,
                     )
                 )  # fmt: skip
                 if m.offset() + 1 >= remaining.get(m.partition(), 0):

@@ -131,3 +131,73 @@ def test_a_fatal_producer_is_replaced_after_its_callbacks_not_inside_one() -> No
     w.service(0)
     assert acks == [1]
     assert second.produced
+
+
+def headed(
+    acks: list[int], headers: list[tuple[str, bytes | None]], value: bytes = b"v"
+) -> DlqRecord:
+    ours: list[tuple[str, bytes | None]] = [
+        ("gr.dlq.reason", b"invalid_json"),
+        ("gr.dlq.detail", b"not JSON"),
+    ]
+    return DlqRecord(None, value, headers + ours, lambda: acks.append(1))
+
+
+def test_null_header_values_are_sized_and_sent_as_they_are() -> None:
+    """A null header value is legal in Kafka; it once made the size check raise TypeError."""
+    producer = ScriptedProducer()
+    acks: list[int] = []
+    w = writer([producer], [])
+    original: list[tuple[str, bytes | None]] = [("trace", None), ("h", b"1"), ("h", None)]
+    r = headed(acks, original)
+    assert r.size > 0
+    w.send(r)
+    w.service(0)
+    assert acks == [1]
+    assert producer.produced[0]["headers"][:3] == original
+
+
+def test_a_copy_too_large_by_its_headers_drops_them_and_says_so() -> None:
+    """Cutting the value is not enough when the headers alone are over the limit."""
+    producer = ScriptedProducer()
+    acks: list[int] = []
+    w = writer([producer], [], max_message_bytes=64_000)
+    w.send(headed(acks, [("bulk", b"h" * 200_000), ("n", None)], value=b"x" * 1000))
+    w.service(0)
+    (sent,) = producer.produced
+    headers = dict(sent["headers"])
+    assert "bulk" not in headers
+    assert "n" not in headers
+    assert headers["gr.dlq.reason"] == b"too_large"
+    assert headers["gr.dlq.original.reason"] == b"invalid_json"
+    assert headers["gr.dlq.original.headers.count"] == b"2"
+    assert headers["gr.dlq.original.headers.size"] == str(4 + 200_000 + 1).encode()
+    size = sum(len(k) + len(v or b"") for k, v in sent["headers"]) + len(sent["value"])
+    assert size < 64_000
+    assert acks == [1]
+
+
+def test_size_refusals_cut_the_copy_smaller_each_time_until_the_topic_takes_it() -> None:
+    """The DLQ topic's own limit is unknown (here 3,000 bytes): each refusal halves the copy."""
+
+    class SmallTopic(ScriptedProducer):
+        def poll(self, _timeout: float) -> int:
+            queued, self.queued = self.queued, []
+            for kw, callback in queued:
+                size = len(kw["value"] or b"") + sum(
+                    len(k) + len(v or b"") for k, v in kw["headers"]
+                )
+                err = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if size > 3000 else None
+                callback(err, None)
+            return len(queued)
+
+    producer = SmallTopic()
+    failures: list[str] = []
+    acks: list[int] = []
+    w = writer([producer], failures)
+    w.send(headed(acks, [("bulk", b"h" * 20_000)], value=b"x" * 100_000))
+    for _ in range(20):
+        w.service(0)
+    assert acks == [1]
+    assert 1 <= len(failures) <= 8
+    assert dict(producer.produced[-1]["headers"])["gr.dlq.reason"] == b"too_large"
