@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import uuid
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from confluent_kafka import Producer
@@ -65,7 +66,11 @@ def test_every_record_shape_is_delivered_or_dead_lettered_and_no_worker_stops(
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for rec in recs:
         producer.produce(
-            topic, value=rec.value, key=rec.key, headers=rec.headers, partition=rec.partition
+            topic,
+            value=rec.value,
+            key=rec.key,
+            headers=cast(Any, rec.headers),
+            partition=rec.partition,
         )
     assert producer.flush(30) == 0
     simulator.set_reject_rule({"payload.refuse": True})

@@ -38,7 +38,10 @@ class ScriptedProducer:
 
 
 def record(acks: list[int], value: bytes = b"v") -> DlqRecord:
-    headers = [("gr.dlq.reason", b"invalid_json"), ("gr.dlq.detail", b"not JSON")]
+    headers: list[tuple[str, bytes | None]] = [
+        ("gr.dlq.reason", b"invalid_json"),
+        ("gr.dlq.detail", b"not JSON"),
+    ]
     return DlqRecord(b"k", value, headers, lambda: acks.append(1))
 
 
