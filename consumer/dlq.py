@@ -15,14 +15,15 @@ limit, the producer's own default is lower) goes as a truncated copy, reason
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from consumer import redaction
 from consumer.clock import SYSTEM, Clock
@@ -88,18 +89,27 @@ def _header_bytes(headers: Headers) -> int:
     return sum(len(k) + len(v or b"") for k, v in headers)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class DlqRecord:
+    """One record on its way to the DLQ; the writer holds it until the DLQ acknowledges it."""
+
     key: bytes | None
     value: bytes | None
     headers: Headers
-    on_acked: Callable[[], None]
+    # whose it is: the worker's (partition, generation); `offset` and `reason` for its books
+    owner: Any = None
+    offset: int = -1
+    reason: str = ""
     not_before: float = 0.0
     attempts: int = 0
     # its partition went to another worker, which reads and dead-letters it again
     cancelled: bool = False
     # after the DLQ topic refused it for its size: the size to cut it to next
     cap: int = 0
+    # the producer it was last handed to (0: none; it waits in the writer)
+    sent_with: int = 0
+    # the bytes its owner counts it for while it waits (its size when it was made)
+    held: int = 0
 
     @property
     def size(self) -> int:
@@ -150,6 +160,20 @@ def truncate(record: DlqRecord, limit: int) -> DlqRecord:
     return record
 
 
+_ACK_POLL_S = 0.005
+
+
+def _is_fatal(err: Any) -> bool:
+    """librdkafka's fatal state, however the client shows it: `poll` raises the original
+    error with `fatal()` true (`_GAPLESS_GUARANTEE`, `PRODUCER_FENCED`...), later `produce`
+    calls raise `_FATAL` with `fatal()` false, as do the error callback and delivery reports."""
+    if err is None:
+        return False
+    code = getattr(err, "code", None)
+    fatal = getattr(err, "fatal", None)
+    return bool((callable(code) and code() == KafkaError._FATAL) or (callable(fatal) and fatal()))
+
+
 def error_name(err: Any) -> str:
     """A librdkafka error's name (bounded set: fit for a metric label)."""
     name = getattr(err, "name", None)
@@ -159,14 +183,23 @@ def error_name(err: Any) -> str:
 
 
 class DlqWriter:
-    """Produces DLQ records; call `service()` from the worker's loop (callbacks run there)."""
+    """The one place DLQ records wait: produced, retried with backoff until acknowledged.
+
+    Call `service()` from the worker's loop (the producer's callbacks run there);
+    it returns the records acknowledged since the last call. A failure of any
+    kind (a missing topic, no authorisation, a full queue, a size refusal, the
+    producer's fatal state) waits and is tried again: never raised. A producer
+    in librdkafka's fatal state is replaced, whichever way the client reports
+    it: `poll` raising the fatal error (what confluent-kafka does), `produce`
+    refusing with `_FATAL`, the error callback, a delivery report.
+    """
 
     def __init__(
         self,
-        producer_factory: Callable[[], Any],
+        producer_factory: Callable[[dict[str, Any]], Any],
+        conf: dict[str, Any],
         topic: str,
         *,
-        max_message_bytes: int = 1_000_000,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
         on_failure: Callable[[str], None] | None = None,
@@ -175,77 +208,131 @@ class DlqWriter:
     ) -> None:
         self._clock = clock
         self._factory = producer_factory
-        self._producer: Any = producer_factory()
+        self._conf = {**conf, "error_cb": self._on_error}
         self._topic = topic
-        self._max_bytes = max_message_bytes
-        self._waiting: deque[DlqRecord] = deque()
-        self._unacked = 0
+        self._max_bytes = int(conf.get("message.max.bytes", 1_000_000))
         self._retry_initial = retry_initial_s
         self._retry_max = retry_max_s
         self._on_failure = on_failure
         self._on_success = on_success
-        self._replace = False
+        self._generation = 0
+        self._producer: Any = None
+        self._fatal = False
+        self._new_producer()
+        self._records: dict[int, DlqRecord] = {}  # by id: every record not yet acknowledged
+        self._due: list[tuple[float, int, DlqRecord]] = []  # those waiting to be produced
+        self._seq = itertools.count()
+        self._producing: dict[int, DlqRecord] = {}  # by id: handed to the producer, unreported
+        self._acked: list[DlqRecord] = []
 
     @property
     def pending(self) -> int:
         """Records not yet acknowledged (waiting or in the producer)."""
-        return len(self._waiting) + self._unacked
+        return len(self._records)
+
+    def next_wake(self, now: float) -> float | None:
+        """When `service()` next has work: soon while the producer holds records (their
+        acknowledgements arrive on its threads), else the earliest retry."""
+        if self._producing:
+            return now + _ACK_POLL_S
+        due = self._due
+        while due and due[0][2].cancelled:
+            heapq.heappop(due)
+        return due[0][0] if due else None
 
     def send(self, record: DlqRecord) -> None:
         if record.size > self._max_bytes:
             truncate(record, self._max_bytes)
-        self._waiting.append(record)
+        self._records[id(record)] = record
+        self._queue(record)
         self._produce_due(self._clock.monotonic())
 
-    def discard_cancelled(self) -> int:
-        """Drop waiting records whose partition went; returns how many."""
-        before = len(self._waiting)
-        self._waiting = deque(r for r in self._waiting if not r.cancelled)
-        return before - len(self._waiting)
+    def cancel(self, owner: Any) -> int:
+        """The partition went: its records are not sent again (one already in the producer
+        still reports its acknowledgement). Returns how many were let go."""
+        gone = [r for r in self._records.values() if r.owner == owner]
+        for record in gone:
+            record.cancelled = True
+            del self._records[id(record)]
+        return len(gone)
 
-    def service(self, timeout_s: float = 0.0) -> None:
-        """Produce what is due and serve acknowledgements; free when nothing is pending."""
-        if not self.pending:
-            return  # called every loop turn: a producer poll costs ~0.4 ms
-        self._produce_due(self._clock.monotonic())
-        self._producer.poll(timeout_s)
-        if self._replace:
-            self._renew()
+    def service(self, timeout_s: float = 0.0) -> list[DlqRecord]:
+        """Produce what is due, serve acknowledgements; returns the records acknowledged."""
+        if self._records or self._producing:
+            self._produce_due(self._clock.monotonic())
+            if self._producing:
+                try:
+                    self._producer.poll(timeout_s)
+                except KafkaException as exc:
+                    # confluent-kafka raises librdkafka's fatal error from poll()
+                    err = exc.args[0] if exc.args else None
+                    if not _is_fatal(err):
+                        raise
+                    log.warning("dlq producer failed", extra={"error": error_name(err)})
+                    self._fatal = True
+            if self._fatal:
+                self._renew()
+        acked, self._acked = self._acked, []
+        return acked
+
+    def _on_error(self, err: Any) -> None:
+        """librdkafka's error callback (on the loop's thread, inside poll)."""
+        if _is_fatal(err):
+            self._fatal = True
+
+    def _new_producer(self) -> None:
+        self._generation += 1
+        self._producer = self._factory(self._conf)
 
     def _renew(self) -> None:
-        """A fatal producer error: a new producer; what the old one held is sent again.
+        """A fatal producer: a new one; what the old one held goes again through the new.
 
-        Never from inside a delivery callback: the old producer is purged and
-        polled here, so each record it held comes back through its callback.
+        Never from inside a callback of the old producer: it is purged and polled
+        here, and any record it still held is queued again whatever it reports.
         """
-        self._replace = False
-        old = self._producer
+        self._fatal = False
+        old, generation = self._producer, self._generation
+        log.warning("dlq producer in a fatal state; replacing it")
         with contextlib.suppress(Exception):
             old.purge()
             old.poll(0)
-        self._producer = self._factory()
+        self._new_producer()
+        held, self._producing = self._producing, {}
+        for record in held.values():
+            if record.sent_with == generation:
+                record.sent_with = 0
+                if not record.cancelled:
+                    self._queue(record)
+        if self._on_failure is not None:
+            self._on_failure("_FATAL")
+
+    def _queue(self, record: DlqRecord) -> None:
+        heapq.heappush(self._due, (record.not_before, next(self._seq), record))
 
     def _produce_due(self, now: float) -> None:
-        for _ in range(len(self._waiting)):
-            record = self._waiting[0]
-            if record.cancelled:
-                self._waiting.popleft()
+        due = self._due
+        while due and not self._fatal:
+            not_before, _, record = due[0]
+            if record.cancelled or record.sent_with:
+                heapq.heappop(due)
                 continue
-            if record.not_before > now:
-                self._waiting.rotate(-1)
-                continue
+            if not_before > now:
+                return
             try:
                 self._produce(record)
             except BufferError:
                 return  # the producer's queue is full: try again next turn
             except DlqWriteError as exc:
-                self._waiting.popleft()
+                heapq.heappop(due)
                 if exc.code == "MSG_SIZE_TOO_LARGE":
                     self._shrink(record)
+                elif exc.fatal:
+                    self._fatal = True
                 self._failed(record, exc.code)
                 continue
-            self._waiting.popleft()
-            self._unacked += 1
+            heapq.heappop(due)
+            record.sent_with = self._generation
+            self._producing[id(record)] = record
 
     def _produce(self, record: DlqRecord) -> None:
         try:
@@ -254,10 +341,11 @@ class DlqWriter:
                 value=record.value,
                 key=record.key,
                 headers=record.headers,
-                on_delivery=self._callback(record),
+                on_delivery=self._callback(record, self._generation),
             )
         except KafkaException as exc:
-            raise DlqWriteError(error_name(exc.args[0]) if exc.args else "unknown") from exc
+            err = exc.args[0] if exc.args else None
+            raise DlqWriteError(error_name(err), fatal=_is_fatal(err)) from exc
 
     def _shrink(self, record: DlqRecord) -> None:
         """Refused for its size: cut it if it is over the cap, a cap halved at each refusal
@@ -282,21 +370,25 @@ class DlqWriter:
                 "dlq write failed; will retry",
                 extra={"error": code, "attempt": record.attempts, "retry_in_s": wait},
             )
-        self._waiting.append(record)
+        self._queue(record)
 
-    def _callback(self, record: DlqRecord) -> Callable[[Any, Any], None]:
+    def _callback(self, record: DlqRecord, generation: int) -> Callable[[Any, Any], None]:
         def done(err: Any, _msg: Any) -> None:
-            self._unacked -= 1
+            if record.sent_with != generation:
+                return  # queued again after its producer was replaced: this report is stale
+            record.sent_with = 0
+            self._producing.pop(id(record), None)
             if err is None:
-                record.on_acked()
+                self._records.pop(id(record), None)
+                self._acked.append(record)
                 if self._on_success is not None:
                     self._on_success()
                 return
             code = error_name(err)
             if code == "MSG_SIZE_TOO_LARGE":  # the DLQ topic's own limit is lower
                 self._shrink(record)
-            if getattr(err, "fatal", lambda: False)():
-                self._replace = True  # in service(), not inside the producer's own callback
+            if _is_fatal(err):
+                self._fatal = True  # replaced in service(), not inside its own callback
             self._failed(record, code)
 
         return done
@@ -308,8 +400,15 @@ class DlqWriter:
         return left
 
     def flush(self, timeout_s: float) -> int:
-        """Produce and wait; returns how many records are still unacknowledged."""
+        """Produce and wait; returns how many records are still unacknowledged (what was
+        acknowledged meanwhile stays for the next `service()`)."""
         deadline = self._clock.monotonic() + timeout_s
+        acked: list[DlqRecord] = []
         while self.pending and self._clock.monotonic() < deadline:
-            self.service(min(0.05, max(0.0, deadline - self._clock.monotonic())))
+            acked += self.service(min(0.05, max(0.0, deadline - self._clock.monotonic())))
+            if not self._producing and self.pending:
+                wake = self.next_wake(self._clock.monotonic())
+                if wake is not None:
+                    self._clock.sleep(max(0.0, min(wake, deadline) - self._clock.monotonic()))
+        self._acked[:0] = acked
         return self.pending

@@ -41,9 +41,10 @@ class JobAbandonedError(GrError):
 class DlqWriteError(GrError):
     """The DLQ could not take a record (yet); `code` is librdkafka's error name."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, *, fatal: bool = False) -> None:
         super().__init__(f"dlq write failed: {code}")
         self.code = code
+        self.fatal = fatal  # the producer is in librdkafka's fatal state: replace it
 
 
 class WorkerFailedError(GrError):

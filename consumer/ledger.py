@@ -9,7 +9,7 @@ When is it safe to commit? The commit sequence, step by step:
 
 1. Records are read: every offset joins its partition's outstanding list
    (`records_read`), valid events go to the partition's batcher, poison to
-   the DLQ (`poison`).
+   the DLQ (`dlq_sent`), where they count toward the memory and run-ahead bounds.
 2. An offset is finished when the API accepted it (200, `result`) or the DLQ
    acknowledged it (`dlq_acked`); only the generation that read it may
    finish it.
@@ -72,7 +72,9 @@ class Part:
     in_flight: DeliveryJob[Any] | None = None
     retry_batch: Batch[Any] | None = None
     retry_at: float = 0.0
+    # records waiting for the DLQ's acknowledgement (held by the DLQ writer): how many, what size
     dlq_unacked: int = 0
+    dlq_bytes: int = 0
     # why fetching is paused; `fetch_paused` is what librdkafka was told
     reasons: set[str] = field(default_factory=set)
     fetch_paused: bool = False
@@ -244,7 +246,7 @@ class Ledger:
             if part.retry_batch is not None:
                 self.buffered_bytes -= part.retry_batch.payload_bytes
                 part.retry_batch = None
-            self.buffered_bytes -= part.batcher.pending_bytes
+            self.buffered_bytes -= part.batcher.pending_bytes + part.dlq_bytes
             part.batcher.clear()
             self._gone[tp] = _Gone(part, now)
             gone.append(part)
@@ -296,12 +298,18 @@ class Ledger:
         last = part.offsets.last_read
         return offset < part.floor or (last is not None and offset <= last)
 
-    def poison(self, part: Part) -> int:
-        """A record goes to the DLQ; returns the generation its acknowledgement must name."""
+    def dlq_sent(self, tp: TP, generation: int, nbytes: int) -> bool:
+        """A record of this partition went to the DLQ writer, holding `nbytes` until
+        acknowledged: it counts toward the memory bound and the run-ahead bound."""
+        part = self.parts.get(tp)
+        if part is None or part.generation != generation:
+            return False
         part.dlq_unacked += 1
-        return part.generation
+        part.dlq_bytes += nbytes
+        self.buffered_bytes += nbytes
+        return True
 
-    def dlq_acked(self, tp: TP, generation: int, offset: int) -> None:
+    def dlq_acked(self, tp: TP, generation: int, offset: int, nbytes: int) -> None:
         part = self.parts.get(tp)
         if part is None or part.generation != generation:
             gone = self._gone.get(tp)
@@ -309,6 +317,8 @@ class Ledger:
                 gone.part.offsets.finish(offset)  # it counts for the watermark kept
             return
         part.dlq_unacked -= 1
+        part.dlq_bytes -= nbytes
+        self.buffered_bytes -= nbytes
         part.offsets.finish(offset)
         self._dirty.add(tp)
 
@@ -359,9 +369,10 @@ class Ledger:
 
     @staticmethod
     def _too_far_ahead(part: Part, cap: int, now: float) -> bool:
-        """Past the bound, or anything uncommitted while its commits are refused or
-        go unanswered (the coordinator away: librdkafka holds the request)."""
-        ahead = part.offsets.finished_uncommitted
+        """Past the bound (records finished and not committed, and those waiting for the
+        DLQ), or anything uncommitted while its commits are refused or go unanswered (the
+        coordinator away: librdkafka holds the request)."""
+        ahead = part.offsets.finished_uncommitted + part.dlq_unacked
         if ahead >= cap:
             return True
         if not ahead:
@@ -417,8 +428,6 @@ class Ledger:
         if result.accepted:
             part.offsets.finish_many(map(_OFFSET, result.accepted))
             self._dirty.add(part.tp)
-        for _ in result.rejected:
-            part.dlq_unacked += 1
         return result.rejected
 
     def key_halted(self) -> None:
@@ -513,8 +522,8 @@ class Ledger:
             self._held = 0
         for part in parts.values():
             reasons = part.reasons
-            pending = part.batcher.pending_events
-            pbytes = part.batcher.pending_bytes
+            pending = part.batcher.pending_events + part.dlq_unacked
+            pbytes = part.batcher.pending_bytes + part.dlq_bytes
             if BUFFER_FULL in reasons:
                 if not over_total and pending < cap_events // 2 and pbytes < cap_bytes // 2:
                     reasons.discard(BUFFER_FULL)

@@ -111,18 +111,16 @@ class Worker:
         )
         self._consumer_factory = consumer_factory
         self._dispatch = dispatch.build(settings, self.metrics, self.health, clock, transport)
-        dlq_conf = producer_config(settings, **{"message.timeout.ms": 30000})
         self._dlq = DlqWriter(
-            lambda: producer_factory(dlq_conf),
+            producer_factory,
+            producer_config(settings, **{"message.timeout.ms": 30000}),
             settings.dlq_topic,
-            max_message_bytes=int(dlq_conf.get("message.max.bytes", 1_000_000)),
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
             on_failure=self._dlq_failed,
             on_success=self.health.dlq_ok,
             clock=clock,
         )
-        self._dlq_by_tp: dict[TP, list[DlqRecord]] = {}
         self._ledger = Ledger(
             batch_max_events=settings.batch_max_events,
             batch_max_bytes=settings.batch_max_bytes,
@@ -205,16 +203,12 @@ class Worker:
             if not messages:
                 self._dispatch.wait(_BUSY_POLL_S)
         else:
-            if self._dlq.pending:
-                timeout = _BUSY_POLL_S
-            else:
-                now = self._clock.monotonic()
-                timeout = led.next_due_in(now, _IDLE_POLL_S)
-                wake = self._dispatch.next_wake()
+            now = self._clock.monotonic()
+            timeout = led.next_due_in(now, _IDLE_POLL_S)
+            for wake in (self._dispatch.next_wake(), self._dlq.next_wake(now)):
                 if wake is not None:
                     timeout = min(timeout, wake - now)
-                timeout = max(timeout, 0.001)
-            messages = consumer.consume(_CONSUME_BATCH, timeout)
+            messages = consumer.consume(_CONSUME_BATCH, max(timeout, 0.001))
         if self._pending:
             self._carry_out_pending(consumer)
         now = self._clock.monotonic()
@@ -225,7 +219,7 @@ class Worker:
         jobs = led.next_jobs(now, flush, self.settings.max_in_flight)
         if jobs:
             self._dispatch.send(jobs)
-        self._dlq.service(0)
+        self._serve_dlq(0)
         act = led.flow(now)
         if act:
             self._carry_out(consumer, act)
@@ -320,9 +314,8 @@ class Worker:
                 counts[topic] = counts.get(topic, 0) + len(offsets)
                 offsets, items, run_bytes, sessions = [], [], 0, 0
                 if not held:
-                    tp = run_st.tp
                     self._dead_letter(
-                        tp, self._ledger.poison(run_st), msg, result.reason, result.detail
+                        run_st.tp, run_st.generation, msg, result.reason, result.detail
                     )
                 continue
             route = result.route
@@ -372,23 +365,25 @@ class Worker:
             group=self.settings.group_id,
             http_status=http_status,
         )
-        held = self._dlq_by_tp.setdefault(tp, [])
-
-        def acked() -> None:
-            self.metrics.events_dead_lettered.labels(reason).inc()
-            self.stats["dead_lettered"] += 1
-            self.dead_lettered_by_reason[reason] += 1
-            self._ledger.dlq_acked(tp, generation, offset)
-            if record in held:
-                held.remove(record)
-
+        record = DlqRecord(msg.key(), msg.value(), headers, (tp, generation), offset, reason)
+        record.held = record.size
+        if not self._ledger.dlq_sent(tp, generation, record.held):
+            return  # a partition no longer ours: its next owner dead-letters it
         log.info(
             "record dead-lettered",
             extra={"reason": reason, "topic": tp[0], "partition": tp[1], "offset": offset},
         )
-        record = DlqRecord(msg.key(), msg.value(), headers, acked)
-        held.append(record)
         self._dlq.send(record)
+
+    def _serve_dlq(self, timeout_s: float) -> None:
+        """Move the DLQ writes on; what the DLQ acknowledged is finished."""
+        for record in self._dlq.service(timeout_s):
+            reason = record.reason
+            self.metrics.events_dead_lettered.labels(reason).inc()
+            self.stats["dead_lettered"] += 1
+            self.dead_lettered_by_reason[reason] += 1
+            tp, generation = record.owner
+            self._ledger.dlq_acked(tp, generation, record.offset, record.held)
 
     def _dlq_failed(self, error: str) -> None:
         self.metrics.dlq_write_failures.labels(error).inc()
@@ -556,7 +551,7 @@ class Worker:
             )
         while self._clock.monotonic() < deadline and self._revoke_waits(tps):
             self._collect(self._clock.monotonic())
-            self._dlq.service(0.005)
+            self._serve_dlq(0.005)
             self._dispatch.wait(0.005)
         self._collect(self._clock.monotonic())
         targets = led.revoke_targets(tps)
@@ -592,13 +587,7 @@ class Worker:
         for part in gone:
             if part.in_flight is not None:
                 self._dispatch.cancel(part.in_flight)
-        cancelled = 0
-        for tp in tps:
-            for record in self._dlq_by_tp.pop(tp, []):
-                record.cancelled = True
-                cancelled += 1
-        if cancelled:
-            self._dlq.discard_cancelled()
+            self._dlq.cancel((part.tp, part.generation))
         self._drop_gauges(tps)
         self.metrics.partitions_assigned.set(len(led.parts))
         self.metrics.partitions_paused.set(led.paused_count)

@@ -137,3 +137,42 @@ def test_dlq_records_of_a_partition_that_moved_are_not_retried(
              "only the kept partition's records pending")  # fmt: skip
     assert first.stop() == 0
     assert second.stop() == 0
+
+
+def test_a_producer_in_librdkafkas_fatal_state_is_replaced_and_the_record_still_goes(
+    bootstrap: str,
+    make_topic: TopicFactory,
+    simulator: Simulator,
+    make_settings: SettingsFactory,
+    start_worker: Callable[..., RunningWorker],
+) -> None:
+    """With `enable.gapless.guarantee` the idempotent DLQ producer turns fatal when the DLQ
+    topic refuses a record for its size: confluent-kafka raises the fatal error from poll()
+    and refuses every later produce with `_FATAL`. The writer replaces the producer, cuts the
+    copy smaller, and the worker goes on (it used to exit 1: the error escaped the loop)."""
+    topic = make_topic(partitions=1)
+    create_topic(bootstrap, f"{topic}.dlq", 1, **{"max.message.bytes": "20000"})
+    poison = b"{" + b"p" * 60_000  # invalid_json, 60 KB
+    valid = _valid(30, seed=7)
+    produce(bootstrap, topic, [*valid[:10], poison, *valid[10:]])
+    settings = make_settings(
+        topic, KAFKA_ENABLE_GAPLESS_GUARANTEE="true", GR_EVENT_MAX_BYTES="100000"
+    )
+    rw = start_worker(settings)
+    wait_for(
+        lambda: (
+            not rw.thread.is_alive() or committed(bootstrap, settings.group_id, topic, 1) == [31]
+        ),
+        90,
+        "committed past the poison record",
+    )
+    assert rw.thread.is_alive(), f"the worker stopped with exit code {rw.exit_code}"
+    assert _value(rw.worker, "gr_dlq_write_failures_total", error="_FATAL") >= 1
+    assert rw.stop() == 0
+    assert simulator.events_accepted() == 30
+    (record,) = read_all(bootstrap, f"{topic}.dlq", expect=1)
+    assert record.headers["gr.dlq.reason"] == b"too_large"
+    assert record.headers["gr.dlq.original.reason"] == b"invalid_json"
+    assert record.headers["gr.dlq.source.offset"] == b"10"
+    assert record.value is not None
+    assert poison.startswith(record.value)

@@ -29,6 +29,7 @@ class ApiObserver:
     def refused(self, mark: tuple[int, int] | None, status: int) -> None: ...
     def answered(self, status: int, events: int) -> None: ...
     def violation(self, what: str) -> None: ...
+    def known(self, marks: list[tuple[int, int]]) -> None: ...
 
 
 @dataclass
@@ -74,8 +75,8 @@ class SimApi:
         headers["x-ratelimit-reset"] = str(int(self.world.wall() - t + reset))
         return headers
 
-    def judge(self, route: Route, body: bytes) -> tuple[Response, bool]:
-        """The API's answer to a request arriving now, and whether it acted on it."""
+    def judge(self, route: Route, body: bytes) -> tuple[Response, list[tuple[int, int]]]:
+        """The API's answer to a request arriving now, and the events it accepted."""
         t = self.world.now
         win = self.window_of(t)
         rng = self.world.rng
@@ -87,30 +88,30 @@ class SimApi:
             if rng.random() < 0.7:
                 headers["retry-after"] = str(max(1, int((win + 1) * self.window_s - t + 0.999)))
             self.observer.answered(429, 0)
-            return Response(429, headers, b'{"error":"rate_limited"}', 0.001), False
+            return Response(429, headers, b'{"error":"rate_limited"}', 0.001), []
         self.ours_in_window[win] = ours + 1
         headers = self._rate_headers(used + 1)
         if self.key_refused:
             self.observer.answered(self.key_refused, 0)
-            return Response(self.key_refused, headers, b'{"error":"key"}', 0.001), False
+            return Response(self.key_refused, headers, b'{"error":"key"}', 0.001), []
         if rng.random() < self.error_rate:
             status = rng.choice((500, 502, 503))
             self.observer.answered(status, 0)
-            return Response(status, headers, b'{"error":"server"}', 0.001), False
+            return Response(status, headers, b'{"error":"server"}', 0.001), []
         if len(body) > self.batch_max_bytes:
             self.observer.violation(f"a request of {len(body)} bytes, over the byte cap")
         if len(body) > self.max_body_bytes:
             self.observer.answered(413, 0)
-            return Response(413, headers, b'{"error":"too large"}', 0.001), False
+            return Response(413, headers, b'{"error":"too large"}', 0.001), []
         try:
             doc: Any = orjson.loads(body)
         except orjson.JSONDecodeError:
             self.observer.violation(f"a request body that is not JSON: {body[:80]!r}")
-            return Response(400, headers, b'{"error":"json"}', 0.001), False
+            return Response(400, headers, b'{"error":"json"}', 0.001), []
         events = doc.get("events") if route is Route.BATCH else [doc]
         if not isinstance(events, list) or not events:
             self.observer.violation(f"a request with no events: {body[:80]!r}")
-            return Response(400, headers, b'{"error":"events"}', 0.001), False
+            return Response(400, headers, b'{"error":"events"}', 0.001), []
         if len(events) > 100:
             self.observer.violation(f"a request of {len(events)} events")
         marks = [mark_of(e) for e in events]
@@ -128,11 +129,11 @@ class SimApi:
             if self.name_rejected and route is Route.BATCH:
                 answer["rejected"] = refused
             self.observer.answered(400, len(events))
-            return Response(400, headers, orjson.dumps(answer), 0.001), False
+            return Response(400, headers, orjson.dumps(answer), 0.001), []
         good = [m for m in marks if m is not None]
         self.observer.accepted(good, route)
         self.observer.answered(200, len(events))
-        return Response(200, headers, b'{"status":"ok"}', 0.002), True
+        return Response(200, headers, b'{"status":"ok"}', 0.002), good
 
 
 @dataclass
@@ -142,6 +143,7 @@ class _Flight:
     body: bytes
     outcome: Response | TransportError | None = None
     done: bool = False
+    accepted: list[tuple[int, int]] = field(default_factory=list)
 
 
 class SimTransport:
@@ -175,7 +177,7 @@ class SimTransport:
         def arrive() -> None:
             if flight.done:
                 return  # aborted before it reached the API
-            resp, _acted = api.judge(route, body)
+            resp, flight.accepted = api.judge(route, body)
             if lost:
                 return  # the answer never comes back: the client times out
             world.after(down, lambda: self._land(flight, resp))
@@ -189,6 +191,8 @@ class SimTransport:
         flight.done = True
         flight.outcome = outcome
         self._ready.append(flight)
+        if isinstance(outcome, Response) and flight.accepted:
+            self.api.observer.known(flight.accepted)  # the worker can read it from now on
 
     def send(self) -> None:
         pass

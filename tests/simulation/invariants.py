@@ -68,6 +68,8 @@ class Checker(Observer, ApiObserver):
     peak_starve: int = 0
     turns: int = 0
     worker: Any = None
+    # when the worker could first know a record finished (its 200 or DLQ report readable)
+    known_at: dict[tuple[int, int], float] = field(default_factory=dict)
 
     def fail(self, invariant: str, detail: str) -> None:
         raise Violation(invariant, detail, self.world.now)
@@ -213,6 +215,38 @@ class Checker(Observer, ApiObserver):
 
     def violation(self, what: str) -> None:
         self.fail("request-shape", what)
+
+    def known(self, marks: list[tuple[int, int]]) -> None:
+        now = self.world.now
+        for mark in marks:
+            self.known_at.setdefault(mark, now)
+
+    def dlq_known(self, entry: DlqEntry) -> None:
+        part = entry.header("gr.dlq.source.partition")
+        off = entry.header("gr.dlq.source.offset")
+        if part is not None and off is not None:
+            self.known_at.setdefault((int(part), int(off)), self.world.now)
+
+    def let_go_cleanly(self, commits_at: dict[int, float], started: float) -> None:
+        """A partition let go cleanly (revoked, or the worker stopped): what the worker knew
+        was finished when it last committed is committed, so the next owner resends none of it."""
+        cluster = self.cluster
+        assert cluster is not None
+        if not cluster.coordinator_up or cluster.commit_refuse_rate or cluster.commit_silence_rate:
+            return
+        for p, at in commits_at.items():
+            if at < 0:
+                continue  # that commit was refused
+            base = cluster.committed.get(p, 0)
+            o = base
+            while self.known_at.get((p, o), float("inf")) <= at:
+                o += 1
+            if o > base:
+                self.fail(
+                    "let-go-complete",
+                    f"partition {p} let go at {base} though the worker knew by t={at:.3f}s that "
+                    f"offsets {base}..{o - 1} were finished: the next owner resends them",
+                )
 
     # ---- every loop turn ----
 

@@ -49,6 +49,8 @@ class Observer:
     def let_go(self, partitions: list[int]) -> None: ...
     def assigned(self, partitions: list[int]) -> None: ...
     def turn(self) -> None: ...
+    def dlq_known(self, entry: DlqEntry) -> None: ...
+    def let_go_cleanly(self, commits_at: dict[int, float], started: float) -> None: ...
 
 
 @dataclass
@@ -109,6 +111,7 @@ class SimConsumer:
         self._rr = 0
         self.closed = False
         self.in_callback = False
+        self._commit_at: dict[int, float] = {}  # when each partition's last commit went out
 
     # ---- what the world does to the group ----
 
@@ -147,9 +150,14 @@ class SimConsumer:
                         self._drop(p)
                     self._call("on_lost", tps)
                 else:
+                    started = self.world.now
+                    self._commit_at.clear()
                     self._call("on_revoke", tps)
                     for p in revoke:
                         self._drop(p)
+                    self.cluster.observer.let_go_cleanly(
+                        {p: self._commit_at.get(p, started) for p in revoke}, started
+                    )
             assign = [p for p in assign if p not in self.assigned]
             if assign:
                 self.cluster.generation += 1
@@ -224,6 +232,7 @@ class SimConsumer:
         cluster = self.cluster
         generation = cluster.generation
         for tp in offsets:
+            self._commit_at[tp.partition] = self.world.now
             cluster.observer.commit_sent(
                 tp.partition, tp.offset, tp.partition in self.assigned, not asynchronous
             )
@@ -233,10 +242,14 @@ class SimConsumer:
             if not cluster.coordinator_up:
                 # librdkafka's synchronous commit has no timeout of its own: it waits
                 # for the coordinator (here, up to a minute) before failing
+                for tp in offsets:
+                    self._commit_at[tp.partition] = -1.0
                 self.world.block(60.0)
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
             self.world.block(0.003)
             if rng.random() < cluster.commit_refuse_rate:
+                for tp in offsets:
+                    self._commit_at[tp.partition] = -1.0  # refused: nothing to judge
                 raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
             self._apply(done, generation)
             return done
@@ -264,8 +277,11 @@ class SimConsumer:
 
     def close(self) -> None:
         self.closed = True
-        for p in list(self.assigned):
+        owned = list(self.assigned)
+        for p in owned:
             self._drop(p)
+        now = self.world.now
+        self.cluster.observer.let_go_cleanly({p: self._commit_at.get(p, now) for p in owned}, now)
 
 
 @dataclass
@@ -283,7 +299,6 @@ class SimProducer:
         self.cluster = cluster
         self.world = cluster.world
         self._max_bytes = int(conf.get("message.max.bytes", 1_000_000))
-        self._error_cb: Callable[[KafkaError], None] | None = conf.get("error_cb")
         self._reports: list[tuple[Callable[[Any, Any], None], KafkaError | None]] = []
         self._queued: list[_Queued] = []
         self._errors: list[KafkaError] = []
@@ -291,11 +306,12 @@ class SimProducer:
         cluster.producers.append(self)
 
     def go_fatal(self) -> None:
-        """librdkafka's fatal state (a fenced idempotent producer, say), as the client reports
-        it: the error callback gets `_FATAL`, every later delivery report and produce fails."""
+        """librdkafka's fatal state (a fenced idempotent producer, say), as confluent-kafka
+        reports it: the next poll raises the original error with `fatal()` true; every later
+        produce raises, and every delivery report fails, with `_FATAL` (`fatal()` false)."""
         if not self.fatal:
             self.fatal = True
-            self._errors.append(KafkaError(KafkaError._FATAL, "fenced"))
+            self._errors.append(KafkaError(KafkaError.PRODUCER_FENCED, "fenced", fatal=True))
 
     def produce(
         self,
@@ -334,15 +350,21 @@ class SimProducer:
             entry = DlqEntry(q.key, q.value, q.headers)
             self.cluster.dlq.append(entry)
             self.cluster.observer.dlq_acked(entry)
-            self._reports.append((q.callback, None))
+            observer = self.cluster.observer
+            callback = q.callback
+
+            def report(err: Any, msg: Any) -> None:
+                observer.dlq_known(entry)  # the worker hears of it now
+                callback(err, msg)
+
+            self._reports.append((report, None))
 
     def poll(self, timeout: float = 0.0) -> int:
         if not self._reports and not self._errors and timeout > 0:
             self.world.block(timeout)
         errors, self._errors = self._errors, []
-        for error in errors:
-            if self._error_cb is not None:
-                self._error_cb(error)
+        if errors:
+            raise KafkaException(errors[0])
         reports, self._reports = self._reports, []
         for callback, err in reports:
             callback(err, None)

@@ -20,6 +20,7 @@ class ScriptedProducer:
         self.produced: list[dict[str, Any]] = []
         self.deliver_error: KafkaError | None = None
         self.purged = False
+        self.conf: dict[str, Any] = {}
 
     def produce(self, topic: str, *, on_delivery: Callable[[Any, Any], None], **kw: Any) -> None:
         if self.raise_on_produce:
@@ -42,19 +43,43 @@ def record(acks: list[int], value: bytes = b"v") -> DlqRecord:
         ("gr.dlq.reason", b"invalid_json"),
         ("gr.dlq.detail", b"not JSON"),
     ]
-    return DlqRecord(b"k", value, headers, lambda: acks.append(1))
+    return DlqRecord(b"k", value, headers, ("t", 0), 0, "invalid_json")
 
 
-def writer(producers: list[ScriptedProducer], failures: list[str], **kw: Any) -> DlqWriter:
+class Writer(DlqWriter):
+    """`service()` counts what it returns into `acks`, as the worker tells its ledger."""
+
+    acks: list[int]
+
+    def service(self, timeout_s: float = 0.0) -> list[DlqRecord]:
+        done = super().service(timeout_s)
+        self.acks += [1] * len(done)
+        return done
+
+
+def writer(
+    producers: list[ScriptedProducer],
+    failures: list[str],
+    acks: list[int] | None = None,
+    max_message_bytes: int = 1_000_000,
+) -> Writer:
     made = iter(producers)
-    return DlqWriter(
-        lambda: next(made),
+
+    def make(conf: dict[str, Any]) -> ScriptedProducer:
+        producer = next(made)
+        producer.conf = conf
+        return producer
+
+    w = Writer(
+        make,
+        {"message.max.bytes": max_message_bytes},
         "dlq",
         retry_initial_s=0.0,
         retry_max_s=0.0,
         on_failure=failures.append,
-        **kw,
     )
+    w.acks = acks if acks is not None else []
+    return w
 
 
 @pytest.mark.parametrize("code", [KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART])
@@ -62,7 +87,7 @@ def test_a_produce_error_is_retried_not_raised(code: int) -> None:
     producer = ScriptedProducer(raise_on_produce=[code, code])
     failures: list[str] = []
     acks: list[int] = []
-    w = writer([producer], failures)
+    w = writer([producer], failures, acks)
     w.send(record(acks))
     assert w.pending == 1
     w.service(0)
@@ -76,7 +101,7 @@ def test_a_produce_error_is_retried_not_raised(code: int) -> None:
 def test_a_record_too_large_for_the_producer_is_truncated_up_front() -> None:
     producer = ScriptedProducer()
     acks: list[int] = []
-    w = writer([producer], [], max_message_bytes=10_000)
+    w = writer([producer], [], acks, max_message_bytes=10_000)
     w.send(record(acks, value=b"x" * 50_000))
     w.service(0)
     (sent,) = producer.produced
@@ -93,7 +118,7 @@ def test_a_size_refusal_from_the_broker_retries_a_smaller_copy() -> None:
     producer.deliver_error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
     failures: list[str] = []
     acks: list[int] = []
-    w = writer([producer], failures)
+    w = writer([producer], failures, acks)
     w.send(record(acks, value=b"x" * 200_000))
     w.service(0)  # refused by the topic
     producer.deliver_error = None
@@ -109,31 +134,51 @@ def test_a_cancelled_record_is_not_retried() -> None:
     producer = ScriptedProducer()
     producer.deliver_error = KafkaError(KafkaError._MSG_TIMED_OUT)
     acks: list[int] = []
-    w = writer([producer], [])
-    r = record(acks)
-    w.send(r)
-    r.cancelled = True
-    w.service(0)
-    assert w.pending == 0
-    waiting = record(acks)
-    w.send(waiting)
+    w = writer([producer], [], acks)
+    w.send(record(acks))
     w.service(0)  # fails: waits for its retry
-    waiting.cancelled = True
-    assert w.discard_cancelled() == 1
+    assert w.pending == 1
+    assert w.cancel(("t", 0)) == 1
     assert w.pending == 0
+    producer.deliver_error = None
+    w.service(0)
+    assert len(producer.produced) == 1
+    assert acks == []
 
 
-def test_a_fatal_producer_is_replaced_after_its_callbacks_not_inside_one() -> None:
+def test_a_fatal_delivery_report_as_the_client_makes_it_replaces_the_producer() -> None:
+    """confluent-kafka reports a fatal producer in delivery reports with the `_FATAL` code
+    and `fatal()` false: the writer must know it by the code."""
     first, second = ScriptedProducer(), ScriptedProducer()
-    first.deliver_error = KafkaError(KafkaError._FATAL, fatal=True)
+    first.deliver_error = KafkaError(KafkaError._FATAL)
+    assert not first.deliver_error.fatal()
     acks: list[int] = []
-    w = writer([first, second], [])
+    w = writer([first, second], [], acks)
     w.send(record(acks))
     w.service(0)
     assert first.purged
     w.service(0)
+    w.service(0)
     assert acks == [1]
     assert second.produced
+
+
+def test_the_error_callback_and_a_refused_produce_also_replace_a_fatal_producer() -> None:
+    first, second, third = ScriptedProducer(), ScriptedProducer(), ScriptedProducer()
+    acks: list[int] = []
+    w = writer([first, second, third], [], acks)
+    first.conf["error_cb"](KafkaError(KafkaError._FATAL, "fenced"))  # inside a poll
+    w.send(record(acks))
+    w.service(0)
+    assert first.purged  # replaced by the error callback
+    second.raise_on_produce = [KafkaError._FATAL]
+    w.send(record(acks))
+    w.service(0)
+    assert second.purged  # replaced when produce raised _FATAL
+    w.service(0)
+    w.service(0)
+    assert len(acks) == 2
+    assert len(third.produced) == 2
 
 
 def headed(
@@ -143,14 +188,14 @@ def headed(
         ("gr.dlq.reason", b"invalid_json"),
         ("gr.dlq.detail", b"not JSON"),
     ]
-    return DlqRecord(None, value, headers + ours, lambda: acks.append(1))
+    return DlqRecord(None, value, headers + ours, ("t", 0), 0, "invalid_json")
 
 
 def test_null_header_values_are_sized_and_sent_as_they_are() -> None:
     """A null header value is legal in Kafka; it once made the size check raise TypeError."""
     producer = ScriptedProducer()
     acks: list[int] = []
-    w = writer([producer], [])
+    w = writer([producer], [], acks)
     original: list[tuple[str, bytes | None]] = [("trace", None), ("h", b"1"), ("h", None)]
     r = headed(acks, original)
     assert r.size > 0
@@ -164,7 +209,7 @@ def test_a_copy_too_large_by_its_headers_drops_them_and_says_so() -> None:
     """Cutting the value is not enough when the headers alone are over the limit."""
     producer = ScriptedProducer()
     acks: list[int] = []
-    w = writer([producer], [], max_message_bytes=64_000)
+    w = writer([producer], [], acks, max_message_bytes=64_000)
     w.send(headed(acks, [("bulk", b"h" * 200_000), ("n", None)], value=b"x" * 1000))
     w.service(0)
     (sent,) = producer.produced
@@ -197,7 +242,7 @@ def test_size_refusals_cut_the_copy_smaller_each_time_until_the_topic_takes_it()
     producer = SmallTopic()
     failures: list[str] = []
     acks: list[int] = []
-    w = writer([producer], failures)
+    w = writer([producer], failures, acks)
     w.send(headed(acks, [("bulk", b"h" * 20_000)], value=b"x" * 100_000))
     for _ in range(20):
         w.service(0)

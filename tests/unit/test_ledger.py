@@ -126,13 +126,13 @@ def test_a_dead_letter_holds_the_commit_until_acknowledged() -> None:
     """C: until the DLQ takes the record its offset does not finish."""
     led = ledger()
     led.assigned([P0], 0.0)
-    part = led.parts[P0]
+    generation = led.parts[P0].generation
     read(led, P0, [0, 1, 2], poison=(2,))  # the run up to the poison, its offset included
-    generation = led.poison(part)
+    assert led.dlq_sent(P0, generation, 100)
     read(led, P0, [3])
     deliver_all(led)
     assert led.commits_due(1.0) == [(P0, 2)]
-    led.dlq_acked(P0, generation, 2)
+    led.dlq_acked(P0, generation, 2, 100)
     led.commit_result(P0, 2, True, 1.1)
     assert led.commits_due(1.2) == [(P0, 4)]
 
@@ -141,9 +141,9 @@ def test_delivery_stops_past_the_uncommitted_bound_and_resumes_after_a_commit() 
     """D: behind an unacknowledged DLQ record nothing is committable: a bounded lead."""
     led = ledger(max_uncommitted=20)
     led.assigned([P0], 0.0)
-    part = led.parts[P0]
+    generation = led.parts[P0].generation
     read(led, P0, [0], poison=(0,))
-    generation = led.poison(part)
+    assert led.dlq_sent(P0, generation, 100)
     read(led, P0, list(range(1, 200)))
     delivered = 0
     for _ in range(10):
@@ -154,7 +154,7 @@ def test_delivery_stops_past_the_uncommitted_bound_and_resumes_after_a_commit() 
     act = led.flow(5.0)
     assert act.pause == [P0]
     assert act.paused_by == {UNCOMMITTED: 1}
-    led.dlq_acked(P0, generation, 0)
+    led.dlq_acked(P0, generation, 0, 100)
     (target,) = led.commits_due(2.0)
     led.commit_result(P0, target[1], True, 2.1)
     assert led.flow(5.0).resume == [P0]
@@ -247,9 +247,10 @@ def test_rejections_are_handed_back_and_hold_the_commit() -> None:
     first, second = job.batch.items
     rejected = [Rejection(second, 400, "bad")]
     assert led.result(DeliveryResult(job, accepted=[first], rejected=rejected), 1.0) == rejected
+    assert led.dlq_sent(P0, job.generation, 10)
     assert led.parts[P0].dlq_unacked == 1
     assert led.commits_due(1.1) == [(P0, 1)]
-    led.dlq_acked(P0, job.generation, 1)
+    led.dlq_acked(P0, job.generation, 1, 10)
     assert led.commits_due(1.2) == [(P0, 2)]
 
 
@@ -321,3 +322,37 @@ def test_records_read_again_are_dropped_not_a_crash() -> None:
     jobs = led.next_jobs(1.0, True, 8)
     assert [i.offset for i in jobs[0].batch.items] == list(range(10))
     assert led.parts[P0].batcher.pending_events == 5
+
+
+def test_records_waiting_for_the_dlq_count_toward_the_memory_bound() -> None:
+    """A partition of poison while the DLQ refuses writes pauses like any other: what waits
+    for the DLQ is held in memory (it once counted for nothing and 20,000 records piled up)."""
+    led = ledger(max_buffered_bytes=200_000, batch_max_bytes=10_000)
+    led.assigned([P0, P1], 0.0)
+    generation = led.parts[P0].generation
+    offset = 0
+    while not led.flow(1.0).pause:
+        read(led, P0, [offset], poison=(offset,))
+        assert led.dlq_sent(P0, generation, 1_000)
+        offset += 1
+        assert offset < 1_000, "never paused"
+    assert BUFFER_FULL in led.parts[P0].reasons
+    assert led.buffered_bytes == offset * 1_000
+    assert led.buffered_bytes <= 100_000  # its share of the 200 KB (two partitions)
+    for o in range(offset):  # the DLQ takes them after all
+        led.dlq_acked(P0, generation, o, 1_000)
+    assert led.buffered_bytes == 0
+    assert led.flow(2.0).resume == [P0]
+
+
+def test_records_waiting_for_the_dlq_count_toward_the_run_ahead_bound() -> None:
+    """Delivery past a record the DLQ has not acknowledged runs ahead of the commit: the
+    waiting records count too, so a mostly-poison partition stops at the bound."""
+    led = ledger(max_uncommitted=20)
+    led.assigned([P0], 0.0)
+    generation = led.parts[P0].generation
+    read(led, P0, list(range(30)), poison=tuple(range(25)))
+    for _ in range(25):
+        assert led.dlq_sent(P0, generation, 100)
+    assert led.next_jobs(1.0, True, 8) == []  # 25 waiting for the DLQ: past the bound of 20
+    assert UNCOMMITTED in led.parts[P0].reasons
