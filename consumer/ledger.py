@@ -47,6 +47,7 @@ from consumer.batching import Batch, Item, PartitionBatcher
 from consumer.events import Route
 from consumer.jobs import DeliveryJob, DeliveryResult, Rejection
 from consumer.offsets import PartitionOffsets
+from consumer.scheduler import RoundRobin
 
 TP = tuple[str, int]
 
@@ -152,13 +153,14 @@ class Ledger:
         # (bench/: four batches gave 11.9k events/s, forty 25.6k).
         self._part_cap_events = part_cap_events or 40 * batch_max_events
         self.parts: dict[TP, Part] = {}
+        self._turns: RoundRobin[TP] = RoundRobin()  # who gets the next free request slot
         self._gone: dict[TP, _Gone] = {}
         self._generation = 0
         self.buffered_bytes = 0
         self.in_flight = 0
         self.halted = False
         self.draining = False
-        self._dirty: set[TP] = set()
+        self._dirty: dict[TP, None] = {}  # a dict: commits go out in a fixed order
         self._next_commit_at = 0.0
         self._held = 0  # partitions newly paused for `uncommitted`, for the metric
 
@@ -180,6 +182,7 @@ class Ledger:
                 last_progress=now,
             )
             self.parts[tp] = part
+            self._turns.add(tp)
             gone = self._gone.pop(tp, None)
             if gone is not None and now - gone.at <= self._remember_s:
                 mark = gone.part.offsets.committable
@@ -209,7 +212,7 @@ class Ledger:
         part.offsets.start_at(
             part.floor, committed if committed is not None and committed >= 0 else None
         )
-        self._dirty.add(tp)
+        self._dirty[tp] = None
 
     def revoke_targets(self, tps: Iterable[TP]) -> list[tuple[TP, int]]:
         """The commits to make, synchronously, before these partitions go."""
@@ -236,7 +239,8 @@ class Ledger:
             part = self.parts.pop(tp, None)
             if part is None:
                 continue
-            self._dirty.discard(tp)
+            self._turns.discard(tp)
+            self._dirty.pop(tp, None)
             job = part.in_flight
             if job is not None:
                 # still counted in flight until the dispatcher gives it back; the
@@ -284,7 +288,7 @@ class Ledger:
         last = part.offsets.last_read
         if last is None:
             part.offsets.start_at(floor, None)
-            self._dirty.add(part.tp)
+            self._dirty[part.tp] = None
         else:
             floor = max(floor, last + 1)
         offsets = offsets[bisect_left(offsets, floor) :]
@@ -320,12 +324,13 @@ class Ledger:
         part.dlq_bytes -= nbytes
         self.buffered_bytes -= nbytes
         part.offsets.finish(offset)
-        self._dirty.add(tp)
+        self._dirty[tp] = None
 
     # ---- delivery ----
 
     def next_jobs(self, now: float, flush: bool, limit: int) -> list[DeliveryJob[Any]]:
-        """Batches to send now: one in flight per partition, `limit` in all.
+        """Batches to send now: one in flight per partition, `limit` in all, the partitions
+        taken in turn (`scheduler`), so none starves when slots are fewer than partitions.
 
         While the key is refused only one job goes out, to probe it: the
         halt lifts when a probe succeeds, even after a rebalance cancelled
@@ -339,7 +344,10 @@ class Ledger:
         jobs: list[DeliveryJob[Any]] = []
         ahead_cap = self.max_uncommitted
         draining = self.draining
-        for part in self.parts.values():
+        parts = self.parts
+        turns = self._turns
+        for tp in turns:
+            part = parts[tp]
             if part.in_flight is not None:
                 continue
             batch = part.retry_batch
@@ -360,6 +368,7 @@ class Ledger:
                     continue
             job: DeliveryJob[Any] = DeliveryJob(part.tp, batch, part.generation)
             part.in_flight = job
+            turns.served(tp)
             jobs.append(job)
             room -= 1
             if room == 0:
@@ -427,7 +436,7 @@ class Ledger:
             self.buffered_bytes += sum(len(item.raw) for item in result.unsent)
         if result.accepted:
             part.offsets.finish_many(map(_OFFSET, result.accepted))
-            self._dirty.add(part.tp)
+            self._dirty[part.tp] = None
         return result.rejected
 
     def key_halted(self) -> None:
@@ -478,7 +487,7 @@ class Ledger:
         else:
             if part.commit_sent == offset:
                 part.commit_sent = -1
-            self._dirty.add(tp)
+            self._dirty[tp] = None
         if UNCOMMITTED in part.reasons:
             self._hold(part, now)
 
@@ -488,7 +497,7 @@ class Ledger:
             if part.offsets.needs_commit() is not None:
                 if part.commit_sent >= 0 and now - part.commit_sent_at > 2.0:
                     part.commit_sent = -1
-                self._dirty.add(tp)
+                self._dirty[tp] = None
             elif not (part.holding or part.offsets.outstanding):
                 part.last_progress = now  # idle is not stalled
             if UNCOMMITTED in part.reasons:
