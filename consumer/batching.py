@@ -127,6 +127,11 @@ class PartitionBatcher(Generic[Ref]):
         return len(self._items)
 
     @property
+    def head_offset(self) -> int | None:
+        """The offset of the oldest event waiting, None when none is."""
+        return self._items[0].offset if self._items else None
+
+    @property
     def pending_bytes(self) -> int:
         return self._bytes
 

@@ -353,8 +353,10 @@ class Ledger:
             batch = part.retry_batch
             if batch is None and not part.batcher.pending_events:
                 continue  # nothing to send: not worth a look at its commits
-            if not draining and (
-                UNCOMMITTED in part.reasons or self._too_far_ahead(part, ahead_cap, now)
+            if (
+                not draining
+                and (UNCOMMITTED in part.reasons or self._too_far_ahead(part, ahead_cap, now))
+                and not self._unblocks(part, batch)
             ):
                 self._hold(part, now)  # a commit's answer or the sweep lifts it
                 continue
@@ -375,6 +377,17 @@ class Ledger:
                 break
         self.in_flight += len(jobs)
         return jobs
+
+    @staticmethod
+    def _unblocks(part: Part, retry: Batch[Any] | None) -> bool:
+        """Its next batch holds the record the commit waits for, and nothing else is left
+        to commit: held back, the partition would wait for ever (the records finished past
+        it, DLQ acknowledgements say, fill the bound and only this delivery moves it)."""
+        offsets = part.offsets
+        if offsets.needs_commit() is not None:
+            return False
+        first = retry.items[0].offset if retry is not None else part.batcher.head_offset
+        return first is not None and first == offsets.committable
 
     @staticmethod
     def _too_far_ahead(part: Part, cap: int, now: float) -> bool:

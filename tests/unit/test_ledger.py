@@ -356,3 +356,21 @@ def test_records_waiting_for_the_dlq_count_toward_the_run_ahead_bound() -> None:
         assert led.dlq_sent(P0, generation, 100)
     assert led.next_jobs(1.0, True, 8) == []  # 25 waiting for the DLQ: past the bound of 20
     assert UNCOMMITTED in led.parts[P0].reasons
+
+
+def test_the_record_the_commit_waits_for_goes_out_even_past_the_run_ahead_bound() -> None:
+    """A valid event, then poison the DLQ acknowledges before the event's batch goes: the
+    bound filled behind the one record that could move the commit, and the partition waited
+    for ever (found by the simulation)."""
+    led = ledger(max_uncommitted=5, linger_s=10.0)
+    led.assigned([P0], 0.0)
+    generation = led.parts[P0].generation
+    read(led, P0, list(range(11)), poison=tuple(range(1, 11)))
+    for offset in range(1, 11):
+        assert led.dlq_sent(P0, generation, 100)
+        led.dlq_acked(P0, generation, offset, 100)
+    assert led.parts[P0].offsets.finished_uncommitted == 10
+    (job,) = led.next_jobs(1.0, True, 8)
+    assert job.batch.offsets == [0]
+    led.result(ok(job), 1.0)
+    assert led.commits_due(1.1) == [(P0, 11)]
