@@ -158,6 +158,7 @@ class Ledger:
         self._generation = 0
         self.buffered_bytes = 0
         self.in_flight = 0
+        self.granted = 0  # jobs handed out since the start (fairness checks count them)
         self.halted = False
         self.draining = False
         self._dirty: dict[TP, None] = {}  # a dict: commits go out in a fixed order
@@ -376,6 +377,7 @@ class Ledger:
             if room == 0:
                 break
         self.in_flight += len(jobs)
+        self.granted += len(jobs)
         return jobs
 
     @staticmethod

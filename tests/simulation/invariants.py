@@ -64,12 +64,21 @@ class Checker(Observer, ApiObserver):
     # fairness
     _last_job: dict[Any, Any] = field(default_factory=dict)
     _waiting: set[Any] = field(default_factory=set)
-    starve: dict[Any, int] = field(default_factory=lambda: defaultdict(int))
+    _granted: int = 0
+    starve: dict[Any, int] = field(default_factory=dict)
     peak_starve: int = 0
     turns: int = 0
     worker: Any = None
     # when the worker could first know a record finished (its 200 or DLQ report readable)
     known_at: dict[tuple[int, int], float] = field(default_factory=dict)
+    # budget use: the API (for its windows), when anything but a steady state held
+    api: Any = None
+    unsteady: list[tuple[float, float]] = field(default_factory=list)
+    can_fill_budget: bool = False
+    _window: int = -1
+    _window_backlog: bool = False
+    _window_born: float = 0.0
+    budget_windows: int = 0  # windows judged
 
     def fail(self, invariant: str, detail: str) -> None:
         raise Violation(invariant, detail, self.world.now)
@@ -264,49 +273,104 @@ class Checker(Observer, ApiObserver):
                 f"{b.max_buffered_bytes} + one fetch ({b.buffer_slack})",
             )
         self._fairness(worker)
+        self._budget(worker)
 
     def _fairness(self, worker: Any) -> None:
         """A partition with a due batch and no request in flight waits for at most as many
-        grants to other partitions as the worker owns partitions."""
+        grants of a request slot to other partitions as the worker owns partitions.
+
+        Judged at each turn that granted slots (a partition can only be passed over then)."""
         ledger = worker._ledger
+        if ledger.granted == self._granted:
+            return
+        grants = ledger.granted - self._granted
+        self._granted = ledger.granted
         now = self.world.now
-        halted = worker.health.halted
-        grants = 0
-        granted: set[Any] = set()
+        halted = worker.health.halted or ledger.draining
+        bound = len(ledger.parts)
+        starve = self.starve
+        waiting = set()
         for tp, part in ledger.parts.items():
             job = part.in_flight
             if job is not None and job is not self._last_job.get(tp):
-                grants += 1
-                granted.add(tp)
-            self._last_job[tp] = job
-        waiting = set()
-        if not halted and not ledger.draining:
-            for tp, part in ledger.parts.items():
-                if (
-                    part.in_flight is None
-                    and part.retry_batch is None
-                    and UNCOMMITTED not in part.reasons
-                    and not ledger._too_far_ahead(part, ledger.max_uncommitted, now)
-                    and part.batcher.due_in(now) == 0
-                ):
-                    waiting.add(tp)
-        bound = len(ledger.parts)
-        for tp in list(self.starve):
-            if tp in granted or tp not in ledger.parts:
-                del self.starve[tp]
-        for tp in self._waiting & waiting:
-            self.starve[tp] += grants
-            self.peak_starve = max(self.peak_starve, self.starve[tp])
-            if self.starve[tp] > bound:
+                self._last_job[tp] = job  # served
+                continue
+            if (
+                halted
+                or job is not None
+                or part.retry_batch is not None
+                or UNCOMMITTED in part.reasons
+                or ledger._too_far_ahead(part, ledger.max_uncommitted, now)
+                or part.batcher.due_in(now) != 0
+            ):
+                continue  # not waiting for a slot
+            waiting.add(tp)
+            # passed over for this turn's grants, if it was already waiting at the last one
+            n = starve.get(tp, 0) + grants if tp in self._waiting else 0
+            starve[tp] = n
+            self.peak_starve = max(self.peak_starve, n)
+            if n > bound:
                 self.fail(
                     "fairness",
-                    f"partition {tp[1]} has had a due batch and no slot while {self.starve[tp]} "
-                    f"requests slots went to other partitions (it owns {bound})",
+                    f"partition {tp[1]} has had a due batch and no slot while {n} request "
+                    f"slots went to other partitions (it owns {bound})",
                 )
-        for tp in list(self.starve):
-            if tp not in waiting:
-                del self.starve[tp]
+        for tp in [tp for tp in starve if tp not in waiting]:
+            del starve[tp]
         self._waiting = waiting
+
+    def _budget(self, worker: Any) -> None:
+        """A worker with a backlog uses its share of the key: in a steady window (no fault,
+        no change of the key's other users for two windows before), with full batches waiting
+        for every request slot all window long, it sends at least half of what the others
+        leave of the budget. (A share learnt while the others were busy once stuck near 1/64.)"""
+        api = self.api
+        if api is None or api.limit is None or not self.can_fill_budget:
+            return
+        now = self.world.now
+        window = api.window_of(now)
+        if window != self._window:
+            self._judge_window(self._window)
+            self._window = window
+            self._window_backlog = True
+        if not self._window_backlog:
+            return
+        ledger = worker._ledger
+        need = ledger._max_events * worker.settings.max_in_flight
+        held = 0
+        for part in ledger.parts.values():
+            if UNCOMMITTED in part.reasons or part.dlq_unacked:
+                self._window_backlog = False
+                return
+            held += part.batcher.pending_events
+        if held < need or worker.health.halted or ledger.draining:
+            self._window_backlog = False
+
+    def _judge_window(self, window: int) -> None:
+        api = self.api
+        if window < 0 or not self._window_backlog:
+            return
+        w = api.window_s
+        start, end = window * w, (window + 1) * w
+        if start < self._window_born + 2 * w:
+            return  # the worker's first windows: its pacer is still learning
+        for a, b in self.unsteady:
+            if a < end and b > start - 2 * w:
+                return
+        left = api.limit * (1 - api.others_share)
+        ours = api.ours_in_window.get(window, 0)
+        self.budget_windows += 1
+        if ours < 0.5 * left:
+            self.fail(
+                "budget-use",
+                f"window {window} ({start:.0f}-{end:.0f}s): {ours} requests with a backlog, "
+                f"of the {left:.0f} the key's other users left",
+            )
+
+    def worker_started(self, worker: Any) -> None:
+        self.worker = worker
+        self._window_born = self.world.now
+        self._window = -1
 
     # ---- at the end ----
 

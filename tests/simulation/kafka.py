@@ -181,26 +181,34 @@ class SimConsumer:
     def _fetch(self, num: int) -> list[Message]:
         logs = self.cluster.logs
         now = self.world.now
-        rng = self.world.rng
-        parts = [p for p in sorted(self.assigned) if p not in self.paused]
+        assigned = self.assigned
+        # what has a record to give, in a rotating order
+        parts = [
+            p
+            for p in sorted(assigned)
+            if p not in self.paused
+            and assigned[p] < len(logs[p])
+            and logs[p][assigned[p]][0] <= now
+        ]
+        if not parts:
+            return []
+        rand = self.world.rng.random
         out: list[Message] = []
         recs: list[Rec] = []
-        if not parts:
-            return out
-        for i in range(len(parts)):
-            p = parts[(self._rr + i) % len(parts)]
-            pos = self.assigned[p]
+        n = len(parts)
+        for i in range(n):
+            p = parts[(self._rr + i) % n]
+            pos = start = assigned[p]
             log = logs[p]
-            run = rng.randint(1, 120)
-            while run and len(out) < num and pos < len(log) and log[pos][0] <= now:
+            end = min(len(log), pos + 1 + int(rand() * 120), pos + num - len(out))
+            while pos < end and log[pos][0] <= now:
                 rec = log[pos][1]
                 out.append(_message(rec))
                 recs.append(rec)
                 pos += 1
-                run -= 1
-            if pos != self.assigned[p] and rng.random() < self.cluster.reread_rate:
-                pos = max(0, pos - rng.randint(1, 5))  # fetched again from an earlier position
-            self.assigned[p] = pos
+            if pos != start and rand() < self.cluster.reread_rate:
+                pos = max(0, pos - 1 - int(rand() * 5))  # fetched again from an earlier position
+            assigned[p] = pos
             if len(out) >= num:
                 break
         self._rr += 1
@@ -276,12 +284,18 @@ class SimConsumer:
             self.cluster.observer.commit_applied(tp.partition, tp.offset)
 
     def close(self) -> None:
+        """As librdkafka: the assignment is revoked through the callback, then the group left."""
+        owned = sorted(self.assigned)
+        started = self.world.now
+        if owned:
+            self.cluster.generation += 1
+            self._call("on_revoke", [TopicPartition(TOPIC, p) for p in owned])
         self.closed = True
-        owned = list(self.assigned)
         for p in owned:
             self._drop(p)
-        now = self.world.now
-        self.cluster.observer.let_go_cleanly({p: self._commit_at.get(p, now) for p in owned}, now)
+        self.cluster.observer.let_go_cleanly(
+            {p: self._commit_at.get(p, started) for p in owned}, started
+        )
 
 
 @dataclass

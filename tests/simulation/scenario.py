@@ -104,22 +104,23 @@ def run(
     settings = config.load(env)
     n_parts = rng.choice((1, 2, 3, 4, 6, 8, 12, 12, 16))
     n_records = int(rng.randint(30, 500) * scale)
-    backlog = rng.random() < 0.6
+    arrivals = rng.choice(("backlog", "backlog", "stream", "bursts"))
     stream_s = rng.uniform(5, 120)
+    bursts = sorted(rng.uniform(0, 120) for _ in range(rng.randint(1, 3)))
     limit = rng.choice((None, None, 30, 60, 100, 1000))
     window_s = rng.choice((10.0, 60.0))
     faults: list[_Fault] = []
-    for _ in range(rng.choice((0, 1, 2, 3, 5))):
-        start = rng.uniform(0, 150)
-        faults.append(_Fault(rng.choice(_FAULT_KINDS), start, start + rng.uniform(2, 60)))
+    for _ in range(rng.choice((0, 1, 2, 3, 5, 8))):
+        start = rng.uniform(0, 100)
+        faults.append(_Fault(rng.choice(_FAULT_KINDS), start, start + rng.uniform(2, 45)))
     lives = rng.choice((1, 1, 2, 3))
-    life_s = [rng.uniform(3, 120) for _ in range(lives - 1)]
+    life_s = [rng.uniform(3, 90) for _ in range(lives - 1)]
     rebalances = rng.choice((0, 0, 2, 5))
 
     # every record, with what the contract says must become of it
     rec_rng = random.Random(rng.random())
     poison = rng.choice((0.0, 0.02, 0.1, 0.9))
-    refused = rng.choice((0.0, 0.01, 0.05))
+    refused = rng.choice((0.0, 0.01, 0.05, 0.1))
     sessions = rng.choice((0.0, 0.02, 0.1))
     bounds = Bounds(
         max_buffered_bytes=settings.max_buffered_bytes,
@@ -148,7 +149,12 @@ def run(
             event_max_bytes=settings.event_max_bytes,
         )
         offsets[p] += 1
-        at = 0.0 if backlog else stream_s * i / max(1, n_records)
+        if arrivals == "backlog":
+            at = 0.0
+        elif arrivals == "stream":
+            at = stream_s * i / max(1, n_records)
+        else:
+            at = bursts[i * len(bursts) // max(1, n_records)]
         cluster.append(rec, at)
         checker.add(rec)
         sizes.append(rec.size + sum(len(k) + len(v or b"") for k, v in rec.headers or ()))
@@ -160,13 +166,18 @@ def run(
         limit=limit,
         window_s=window_s,
         batch_max_bytes=settings.batch_max_bytes,
-        latency=rng.choice(((0.002, 0.02), (0.01, 0.2))),
+        latency=rng.choice(((0.002, 0.02), (0.01, 0.2), (0.2, 1.5))),
         error_rate=rng.choice((0.0, 0.0, 0.02, 0.1)),
         lost_answer_rate=rng.choice((0.0, 0.0, 0.01)),
         name_rejected=rng.random() < 0.5,
         max_body_bytes=rng.choice((10**9, 10**9, 40_000)),
     )
     _schedule_faults(world, api, cluster, faults)
+    checker.api = api
+    checker.unsteady = [(f.start, f.end) for f in faults]
+    checker.can_fill_budget = (
+        limit is not None and settings.max_in_flight / api.latency[1] >= 4 * limit / window_s
+    )
 
     out = Outcome(seed, True, records=n_records, lives=lives)
     logger = logging.getLogger()
@@ -253,13 +264,18 @@ def _live(
         world.at(born + life_s[life], stop)
     limit_s = born + 3600.0
 
-    checker.worker = worker
+    checker.worker_started(worker)
+
+    checked = [0.0]
 
     def until() -> bool:
-        if world.now > limit_s:
-            raise Violation("progress", "not drained after an hour", world.now)
-        if last and not stop_at and _drained(cluster, world.now):
-            stop()
+        now = world.now
+        if now > limit_s:
+            raise Violation("progress", "not drained after an hour", now)
+        if last and not stop_at and now - checked[0] > 0.2:
+            checked[0] = now
+            if _drained(cluster, now):
+                stop()
         return False
 
     code = worker.run(until=until)
