@@ -159,6 +159,7 @@ class Ledger:
         self.buffered_bytes = 0
         self.in_flight = 0
         self.granted = 0  # jobs handed out since the start (fairness checks count them)
+        self.granted_at = 0.0  # when the last ones were
         self.halted = False
         self.draining = False
         self._dirty: dict[TP, None] = {}  # a dict: commits go out in a fixed order
@@ -376,8 +377,10 @@ class Ledger:
             room -= 1
             if room == 0:
                 break
-        self.in_flight += len(jobs)
-        self.granted += len(jobs)
+        if jobs:
+            self.in_flight += len(jobs)
+            self.granted += len(jobs)
+            self.granted_at = now
         return jobs
 
     @staticmethod

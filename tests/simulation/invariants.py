@@ -65,7 +65,7 @@ class Checker(Observer, ApiObserver):
     _last_job: dict[Any, Any] = field(default_factory=dict)
     _waiting: set[Any] = field(default_factory=set)
     _granted: int = 0
-    starve: dict[Any, int] = field(default_factory=dict)
+    starve: dict[Any, tuple[int, int]] = field(default_factory=dict)
     peak_starve: int = 0
     turns: int = 0
     worker: Any = None
@@ -285,7 +285,7 @@ class Checker(Observer, ApiObserver):
             return
         grants = ledger.granted - self._granted
         self._granted = ledger.granted
-        now = self.world.now
+        now = ledger.granted_at  # the turn's time: the ledger judged what was due then
         halted = worker.health.halted or ledger.draining
         bound = len(ledger.parts)
         starve = self.starve
@@ -305,15 +305,17 @@ class Checker(Observer, ApiObserver):
             ):
                 continue  # not waiting for a slot
             waiting.add(tp)
-            # passed over for this turn's grants, if it was already waiting at the last one
-            n = starve.get(tp, 0) + grants if tp in self._waiting else 0
-            starve[tp] = n
+            # passed over for this turn's grants, if it was already waiting at the last one;
+            # the bound is the most partitions owned meanwhile (a revoke shortens the queue)
+            n, most = starve.get(tp, (0, bound)) if tp in self._waiting else (-grants, bound)
+            n, most = n + grants, max(most, bound)
+            starve[tp] = (n, most)
             self.peak_starve = max(self.peak_starve, n)
-            if n > bound:
+            if n > most:
                 self.fail(
                     "fairness",
                     f"partition {tp[1]} has had a due batch and no slot while {n} request "
-                    f"slots went to other partitions (it owns {bound})",
+                    f"slots went to other partitions (it owned at most {most})",
                 )
         for tp in [tp for tp in starve if tp not in waiting]:
             del starve[tp]

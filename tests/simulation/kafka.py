@@ -252,7 +252,9 @@ class SimConsumer:
                 # for the coordinator (here, up to a minute) before failing
                 for tp in offsets:
                     self._commit_at[tp.partition] = -1.0
-                self.world.block(60.0)
+                until = self.world.now + 60.0
+                while self.world.now < until and not cluster.coordinator_up:
+                    self.world.block(until - self.world.now)
                 raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
             self.world.block(0.003)
             if rng.random() < cluster.commit_refuse_rate:
