@@ -442,7 +442,11 @@ class Ledger:
             return None
         part.in_flight = None
         if result.abandoned:
+            # given up (stopping): what the API accepted before counts, the rest is let go
             self.buffered_bytes -= job.batch.payload_bytes
+            if result.accepted:
+                part.offsets.finish_many(map(_OFFSET, result.accepted))
+                self._dirty[part.tp] = None
             return None
         if result.error is not None:
             part.retry_batch, part.retry_at = job.batch, now + 1.0

@@ -129,6 +129,7 @@ class Worker:
             max_uncommitted=settings.max_uncommitted_events,
         )
         self._pending: list[Actions] = []  # from rebalance callbacks, done after consume
+        self._closing = False
         self._stop = threading.Event()
         self._stop_at: float | None = None
         self._next_sweep = 0.0
@@ -543,32 +544,75 @@ class Worker:
         tps = [
             (tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in led.parts
         ]
-        if self._stop_at is not None:
-            deadline = self._deadline - self._close_reserve
-        else:
-            deadline = self._clock.monotonic() + min(
-                _REVOKE_WAIT_S, max(self.settings.shutdown_timeout_s, 1.0)
-            )
-        while self._clock.monotonic() < deadline and self._revoke_waits(tps):
-            self._collect(self._clock.monotonic())
-            self._serve_dlq(0.005)
-            self._dispatch.wait(0.005)
-        self._collect(self._clock.monotonic())
+        if self._closing:
+            # close() revokes what is left: the drain and the final commit did all there was
+            self._let_go(tps, lost=False)
+            return
+        started = self._clock.monotonic()
+        self._settle(tps, lambda: self._revoke_deadline(started))
         targets = led.revoke_targets(tps)
-        if targets and not self._commit_sync(consumer, targets):
-            log.warning(
-                "commit before revoke failed; the new owner may resend",
-                extra={"count": len(targets)},
-            )
+        if targets:
+            if self._stop_at is not None:
+                # stopping: never block past the budget (a synchronous commit waits for an
+                # absent coordinator as long as it takes); the final commit waited already
+                self._commit_async(consumer, targets)
+            elif not self._commit_sync(consumer, targets):
+                log.warning(
+                    "commit before revoke failed; the new owner may resend",
+                    extra={"count": len(targets)},
+                )
         self._let_go(tps, lost=False)
 
+    def _revoke_deadline(self, started: float) -> float:
+        """15 s for a revoke, less once stopping: asked again at every step, so a SIGTERM
+        during the wait shortens it."""
+        deadline = started + min(_REVOKE_WAIT_S, max(self.settings.shutdown_timeout_s, 1.0))
+        if self._stop_at is not None:
+            deadline = min(deadline, self._deadline - self._close_reserve)
+        return deadline
+
+    def _settle(self, tps: list[TP], deadline: Callable[[], float]) -> None:
+        """Let these partitions' work finish before they go, within `deadline()`.
+
+        Requests in flight and DLQ writes are awaited. One HTTP timeout before the
+        deadline their jobs are given up: no new request goes out (a retry, the next
+        probe of a search), but the one on the wire is still read, since the API may
+        have accepted it. At the deadline a request still unanswered is dropped. What
+        came back is collected, the accepted part of a search given up included, so
+        the commit that follows covers everything the API is known to have accepted.
+        """
+        led, dispatch = self._ledger, self._dispatch
+        http_timeout = self.settings.http_timeout_s
+        while True:
+            now = self._clock.monotonic()
+            self._collect(now)
+            until = deadline()
+            if not self._revoke_waits(tps) or now >= until:
+                break
+            if now >= until - http_timeout:
+                for tp in tps:
+                    part = led.parts.get(tp)
+                    if part is not None and part.in_flight is not None:
+                        dispatch.cancel(part.in_flight)
+            self._serve_dlq(0.005)
+            dispatch.wait(min(0.005, max(0.0, until - now)))
+        for tp in tps:  # still on the wire at the deadline: dropped, known failed
+            part = led.parts.get(tp)
+            if part is not None and part.in_flight is not None:
+                dispatch.abort(part.in_flight)
+        self._collect(self._clock.monotonic())
+
     def _revoke_waits(self, tps: list[TP]) -> bool:
-        """In flight (unless the key is refused: that cannot finish now) or DLQ-unacked."""
+        """In flight (unless the key is refused and nothing is on the wire: that cannot
+        finish now) or DLQ-unacked."""
         halted = self.health.halted
         for tp in tps:
             part = self._ledger.parts.get(tp)
-            if part is not None and (
-                part.dlq_unacked or (part.in_flight is not None and not halted)
+            if part is None:
+                continue
+            job = part.in_flight
+            if part.dlq_unacked or (
+                job is not None and (not halted or self._dispatch.on_wire(job))
             ):
                 return True
         return False
@@ -614,26 +658,64 @@ class Worker:
             log.warning("shutdown timeout reached; delivered events not committed")
 
     def _shutdown(self, consumer: Any, commit: bool) -> None:
-        """Leave the group and let go of everything, whatever state the loop left."""
-        for part in self._ledger.parts.values():
-            if part.in_flight is not None:
-                self._dispatch.cancel(part.in_flight)
+        """Leave the group and let go of everything, whatever state the loop left, within
+        the stop budget: jobs given up (their answers on the wire read while the budget
+        allows), a last commit that waits for its answer no longer than the budget, the
+        DLQ flushed, then the group left (librdkafka's close waits for an absent
+        coordinator up to session.timeout.ms: past the budget it is left to finish alone)."""
+        led = self._ledger
         if commit:
             try:
-                self._collect(self._clock.monotonic())
-                targets = self._ledger.uncommitted()
-                if targets and self._clock.monotonic() < self._deadline:
-                    self._commit_sync(consumer, targets)
+                end = self._deadline - self._close_reserve / 2
+                self._settle(list(led.parts), lambda: end)
+                self._final_commit(consumer, self._deadline - self._close_reserve / 4)
             except Exception as exc:  # noqa: BLE001
                 log.warning("final commit failed", extra={"error": str(exc)})
-        try:
-            consumer.close()  # leaves the group now, not after session.timeout.ms
-        except Exception as exc:  # noqa: BLE001
-            log.warning("consumer close failed", extra={"error": str(exc)})
+        for part in led.parts.values():
+            if part.in_flight is not None:
+                self._dispatch.abort(part.in_flight)
         self._dispatch.close()
-        left = self._dlq.close(
-            max(0.0, min(_CLOSE_MAX_S, self._deadline - self._clock.monotonic()))
-        )
+        # half of what is left for the DLQ, the rest for leaving the group
+        left = self._dlq.close(max(0.0, min(_CLOSE_MAX_S, (self._deadline - self._now()) / 2)))
         if left:
             log.warning("dlq records unacknowledged at exit", extra={"count": left})
+        self._closing = True
+        self._close_consumer(consumer, max(0.0, self._deadline - self._now()))
         log.info("stopped", extra=dict(self.stats))
+
+    def _now(self) -> float:
+        return self._clock.monotonic()
+
+    def _final_commit(self, consumer: Any, deadline: float) -> None:
+        """Commit what is finished and wait for the answer until `deadline`, not longer
+        (a synchronous commit would wait for an absent coordinator for as long as it takes)."""
+        led = self._ledger
+        while led.uncommitted() and self._now() < deadline:
+            commits = led.commits_due(self._now())
+            if commits:
+                self._commit_async(consumer, commits)
+            # the answer arrives as a callback inside consume; every partition is paused
+            consumer.consume(1, max(0.0, min(0.05, deadline - self._now())))
+            led.sweep(self._now())
+        if led.uncommitted():
+            log.warning("shutdown timeout reached; delivered events not committed")
+
+    def _close_consumer(self, consumer: Any, timeout_s: float) -> None:
+        """close() on a thread of its own, waited for at most `timeout_s`."""
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                consumer.close()  # leaves the group now, not after session.timeout.ms
+            except Exception as exc:  # noqa: BLE001
+                log.warning("consumer close failed", extra={"error": str(exc)})
+            finally:
+                done.set()
+
+        # the loop's thread only waits here: the callbacks close() runs are not concurrent
+        threading.Thread(target=close, name="consumer-close", daemon=True).start()
+        if not done.wait(timeout_s):
+            log.warning(
+                "leaving the group is taking longer than the stop allows; exiting "
+                "(the group drops this member after session.timeout.ms)"
+            )

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from consumer import config
 from consumer.worker import Worker
 from tests.simulation import records
-from tests.simulation.api import SimApi, SimTransport
-from tests.simulation.invariants import Bounds, Checker, Violation
-from tests.simulation.kafka import DLQ_TOPIC, TOPIC, Cluster, SimConsumer, SimProducer
+from tests.simulation.api import SimApi
+from tests.simulation.invariants import Violation
+from tests.simulation.kafka import Cluster, SimConsumer
+from tests.simulation.rig import Rig, base_env
 from tests.simulation.world import Livelock, World
 
 
@@ -70,12 +70,7 @@ _FAULT_KINDS = (
 def _env(rng: random.Random, ordering: str | None) -> dict[str, str]:
     batch_bytes = rng.choice((1_048_576, 1_048_576, 65_536))
     env = {
-        "KAFKA_BOOTSTRAP_SERVERS": "sim:9092",
-        "KAFKA_TOPICS": TOPIC,
-        "KAFKA_DLQ_TOPIC": DLQ_TOPIC,
-        "KAFKA_GROUP_ID": "sim-group",
-        "GR_API_KEY": "sim-key-0123456789",
-        "GR_BASE_URL": "https://sim.invalid",
+        **base_env(),
         "GR_BATCH_MAX_EVENTS": str(rng.choice((100, 100, 100, 25, 7))),
         "GR_BATCH_MAX_BYTES": str(batch_bytes),
         "GR_EVENT_MAX_BYTES": str(rng.choice((8192, 60_000))),
@@ -87,7 +82,6 @@ def _env(rng: random.Random, ordering: str | None) -> dict[str, str]:
         "GR_RETRY_INITIAL_S": str(rng.choice((0.05, 0.2))),
         "GR_RETRY_MAX_S": str(rng.choice((2, 10, 30))),
         "GR_HTTP_TIMEOUT_S": str(rng.choice((2, 5, 10))),
-        "GR_STALL_TIMEOUT_S": "0",
     }
     if ordering is not None:
         env["GR_ORDERING"] = ordering
@@ -97,11 +91,8 @@ def _env(rng: random.Random, ordering: str | None) -> dict[str, str]:
 def run(
     seed: int, *, ordering: str | None = None, verbose: bool = False, scale: float = 1.0
 ) -> Outcome:
-    world = World(seed)
-    rng = world.rng
-    random.seed(seed)  # tenacity's jitter draws from the random module
+    rng = random.Random(f"scenario:{seed}")  # apart from the world's own stream
     env = _env(rng, ordering)
-    settings = config.load(env)
     n_parts = rng.choice((1, 2, 3, 4, 6, 8, 12, 12, 16))
     n_records = int(rng.randint(30, 500) * scale)
     arrivals = rng.choice(("backlog", "backlog", "stream", "bursts"))
@@ -116,25 +107,26 @@ def run(
     lives = rng.choice((1, 1, 2, 3))
     life_s = [rng.uniform(3, 90) for _ in range(lives - 1)]
     rebalances = rng.choice((0, 0, 2, 5))
+    rig = Rig.make(
+        seed,
+        env,
+        n_parts,
+        limit=limit,
+        window_s=window_s,
+        latency=rng.choice(((0.002, 0.02), (0.01, 0.2), (0.2, 1.5))),
+        error_rate=rng.choice((0.0, 0.0, 0.02, 0.1)),
+        lost_answer_rate=rng.choice((0.0, 0.0, 0.01)),
+        name_rejected=rng.random() < 0.5,
+        max_body_bytes=rng.choice((10**9, 10**9, 40_000)),
+    )
+    world, settings, checker, api = rig.world, rig.settings, rig.checker, rig.api
 
     # every record, with what the contract says must become of it
     rec_rng = random.Random(rng.random())
     poison = rng.choice((0.0, 0.02, 0.1, 0.9))
     refused = rng.choice((0.0, 0.01, 0.05, 0.1))
     sessions = rng.choice((0.0, 0.02, 0.1))
-    bounds = Bounds(
-        max_buffered_bytes=settings.max_buffered_bytes,
-        buffer_slack=0,
-        max_uncommitted=settings.max_uncommitted_events,
-        batch_max_events=settings.batch_max_events,
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-        ordering=getattr(settings, "ordering", "partition"),
-    )
-    checker = Checker(world, bounds)
-    cluster = Cluster(world, n_parts, checker)
-    checker.cluster = cluster
     offsets = [0] * n_parts
-    sizes: list[int] = []
     for i in range(n_records):
         p = rec_rng.randrange(n_parts)
         rec = records.make(
@@ -155,25 +147,9 @@ def run(
             at = stream_s * i / max(1, n_records)
         else:
             at = bursts[i * len(bursts) // max(1, n_records)]
-        cluster.append(rec, at)
-        checker.add(rec)
-        sizes.append(rec.size + sum(len(k) + len(v or b"") for k, v in rec.headers or ()))
-    checker.bounds.buffer_slack = sum(sorted(sizes)[-200:])
-
-    api = SimApi(
-        world,
-        checker,
-        limit=limit,
-        window_s=window_s,
-        batch_max_bytes=settings.batch_max_bytes,
-        latency=rng.choice(((0.002, 0.02), (0.01, 0.2), (0.2, 1.5))),
-        error_rate=rng.choice((0.0, 0.0, 0.02, 0.1)),
-        lost_answer_rate=rng.choice((0.0, 0.0, 0.01)),
-        name_rejected=rng.random() < 0.5,
-        max_body_bytes=rng.choice((10**9, 10**9, 40_000)),
-    )
-    _schedule_faults(world, api, cluster, faults)
-    checker.api = api
+        rig.add(rec, at)
+    rig.slack()
+    _schedule_faults(world, api, rig.cluster, faults)
     checker.unsteady = [(f.start, f.end) for f in faults]
     checker.can_fill_budget = (
         limit is not None and settings.max_in_flight / api.latency[1] >= 4 * limit / window_s
@@ -196,8 +172,29 @@ def run(
     try:
         for life in range(lives):
             last = life == lives - 1
-            _live(world, settings, cluster, api, checker, out, last, life_s, life, rebalances)
-        checker.final(cluster)
+
+            def assign(parts: list[int], last: bool = last) -> list[int]:
+                if last or world.rng.random() < 0.6:
+                    return parts
+                return world.rng.sample(parts, max(1, len(parts) // 2))
+
+            def then(_worker: Worker, consumer: SimConsumer, last: bool = last) -> None:
+                if last:
+                    return
+                parts = list(range(n_parts))
+                for _ in range(rebalances):
+                    world.after(
+                        world.rng.uniform(0, 200),
+                        lambda: _rebalance(world.rng, consumer, parts),
+                    )
+
+            rig.life(
+                last=last,
+                stop_after=None if last else life_s[life],
+                assign=assign,
+                then=then,
+            )
+        checker.final(rig.cluster)
     except Violation as v:
         out.ok, out.invariant, out.detail, out.at = False, v.invariant, v.detail, v.at
     except Livelock as exc:
@@ -212,90 +209,6 @@ def run(
     out.steps = checker.turns
     out.virtual_s = world.now
     return out
-
-
-def _live(
-    world: World,
-    settings: config.Settings,
-    cluster: Cluster,
-    api: SimApi,
-    checker: Checker,
-    out: Outcome,
-    last: bool,
-    life_s: list[float],
-    life: int,
-    rebalances: int,
-) -> None:
-    """One worker process, from start to a stop (SIGTERM) or, for the last, to drained."""
-    rng = world.rng
-    consumers: list[SimConsumer] = []
-
-    def make_consumer(conf: dict[str, Any]) -> SimConsumer:
-        consumer = SimConsumer(cluster, conf)
-        consumers.append(consumer)
-        return consumer
-
-    worker = Worker(
-        settings,
-        consumer_factory=make_consumer,
-        producer_factory=lambda conf: SimProducer(cluster, conf),
-        transport=SimTransport(api, settings.http_timeout_s),
-        clock=world,
-    )
-    parts = list(range(cluster.partitions))
-    born = world.now
-
-    def join() -> None:
-        mine = parts if last or rng.random() < 0.6 else rng.sample(parts, max(1, len(parts) // 2))
-        consumers[0].rebalance([], mine)
-
-    world.after(rng.uniform(0.0, 0.5), join)
-    if not last:
-        for _ in range(rebalances):
-            world.at(born + rng.uniform(0, 200), lambda: _rebalance(rng, consumers[0], parts))
-    stop_at: list[float] = []
-
-    def stop() -> None:
-        if not stop_at:
-            stop_at.append(world.now)
-            worker.request_stop()
-
-    if not last:
-        world.at(born + life_s[life], stop)
-    limit_s = born + 3600.0
-
-    checker.worker_started(worker)
-
-    checked = [0.0]
-
-    def until() -> bool:
-        now = world.now
-        if now > limit_s:
-            raise Violation("progress", "not drained after an hour", now)
-        if last and not stop_at and now - checked[0] > 0.2:
-            checked[0] = now
-            if _drained(cluster, now):
-                stop()
-        return False
-
-    code = worker.run(until=until)
-    if code != 0:
-        raise Violation("exit", f"the worker exited {code}", world.now)
-    if stop_at:
-        took = world.now - stop_at[0]
-        if took > settings.shutdown_timeout_s + 1e-6:
-            raise Violation(
-                "stop-in-time",
-                f"the stop took {took:.2f}s, over GR_SHUTDOWN_TIMEOUT_S {settings.shutdown_timeout_s}",
-                world.now,
-            )
-
-
-def _drained(cluster: Cluster, now: float) -> bool:
-    ends = cluster.end_offsets()
-    if any(log and log[-1][0] > now for log in cluster.logs):
-        return False
-    return all(cluster.committed.get(p, 0) >= end for p, end in enumerate(ends))
 
 
 def _rebalance(rng: random.Random, consumer: SimConsumer, parts: list[int]) -> None:
