@@ -33,7 +33,17 @@ _OWNED_KAFKA_KEYS = {
 }
 # Our own KAFKA_* names that are not librdkafka pass-through.
 _OWN_KAFKA_VARS = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPICS", "KAFKA_GROUP_ID", "KAFKA_DLQ_TOPIC"}
-_SECRET_WORDS = ("password", "secret", "token", "private.key", "key.pem", "sasl.jaas")
+# A key containing one of these is a secret. `sasl.oauthbearer.config` carries
+# a client secret among its fields (clientSecret=...), whatever its name says.
+_SECRET_WORDS = (
+    "password",
+    "secret",
+    "token",
+    "private.key",
+    "key.pem",
+    "sasl.jaas",
+    "sasl.oauthbearer.config",
+)
 
 
 class Secret:

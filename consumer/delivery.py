@@ -26,6 +26,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from consumer import redaction
 from consumer.batching import Batch, Item, Ref
 from consumer.errors import GrError, JobAbandonedError, TransportError
 from consumer.isolation import Isolation
@@ -124,7 +125,9 @@ class DeliveryResult(Generic[Ref]):
 
 
 def _detail(resp: Response) -> str:
-    text = resp.body.decode("utf-8", "replace").strip() or f"HTTP {resp.status}"
+    # Scrubbed before it is cut (here, and to 300 characters for the log): a cut
+    # first could leave the start of a secret the answer quotes.
+    text = redaction.scrub(resp.body.decode("utf-8", "replace").strip()) or f"HTTP {resp.status}"
     encoded = text.encode()[:MAX_DETAIL_BYTES]
     return encoded.decode("utf-8", "ignore")
 

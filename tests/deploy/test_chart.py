@@ -190,7 +190,14 @@ def test_tls_ca_is_a_mounted_secret(scenarios: dict[str, Rendered]) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["sasl.password", "ssl.key.password", "sasl.username", "sasl.oauthbearer.client.secret"]
+    "key",
+    [
+        "sasl.password",
+        "ssl.key.password",
+        "sasl.username",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",  # carries clientSecret=... among its fields
+    ],
 )
 def test_credentials_in_kafka_config_are_refused(render_error: RenderErrorFn, key: str) -> None:
     err = render_error(merge(MINIMAL, {"kafka": {"config": {key: "hunter2"}}}))

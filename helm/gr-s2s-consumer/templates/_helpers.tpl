@@ -250,7 +250,7 @@ template's view). Included by the Deployment so every render runs them.
 {{- end }}
 {{- range $k, $v := .Values.kafka.config }}
 {{- $lk := lower $k }}
-{{- if or (contains "password" $lk) (contains "secret" $lk) (contains "private.key" $lk) (contains "key.pem" $lk) (contains "sasl.jaas" $lk) (eq $lk "sasl.username") }}
+{{- if or (contains "password" $lk) (contains "secret" $lk) (contains "private.key" $lk) (contains "key.pem" $lk) (contains "sasl.jaas" $lk) (eq $lk "sasl.username") (eq $lk "sasl.oauthbearer.config") }}
 {{- fail (printf "%s: kafka.config.%s looks like a credential; it would land in a ConfigMap. Use kafka.sasl.existingSecret (or extraEnv with valueFrom.secretKeyRef)" $p $k) }}
 {{- end }}
 {{- end }}
