@@ -8,6 +8,7 @@ way settings are ever printed.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -291,24 +292,53 @@ def _api_key(env: Mapping[str, str]) -> ApiKeySource:
     raise ConfigError("GR_API_KEY", "is required (or GR_API_KEY_FILE naming a file holding it)")
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` (as urlsplit gives it: lower-cased, no brackets) is no host name."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return "is not an IPv6 address"
+        return None
+    if not host.isascii():
+        return "is not ASCII: write an international name in its xn-- (punycode) form"
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return "is not a host name (letters, digits and hyphens, in dot-separated labels)"
+    return None
+
+
 def _base_url(env: Mapping[str, str], allow_http: bool) -> str:
     raw = env.get("GR_BASE_URL", "").strip() or DEFAULT_BASE_URL
-    parts = urlsplit(raw)
-    if "@" in raw or parts.username or parts.password:
+    if "@" in raw:
         # checked first: the value may hold a password, so it is never echoed
         raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if any(c.isspace() or not c.isprintable() for c in raw):
+        raise ConfigError(
+            "GR_BASE_URL", f"must not contain blanks or control characters (got {raw!r})"
+        )
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+        port = parts.port
+    except ValueError as exc:  # an unclosed or stray [ ], a port that is no number
+        raise ConfigError("GR_BASE_URL", f"is not a valid URL: {exc} (got {raw!r})") from None
+    if parts.username or parts.password:
+        raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigError("GR_BASE_URL", f"must be an https URL (got {raw!r})")
+    problem = _host_problem(host)
+    if problem is not None:
+        raise ConfigError("GR_BASE_URL", f"host {host!r} {problem} (got {raw!r})")
     if parts.scheme == "http" and not allow_http:
         raise ConfigError(
             "GR_BASE_URL",
             f"must be https: over http the API key travels in clear text (got {raw!r}; "
             "GR_ALLOW_INSECURE_HTTP=true allows http, for a local test server only)",
         )
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
     if port is not None and not 0 < port < 65536:
         raise ConfigError("GR_BASE_URL", f"has an invalid port (got {raw!r})")
     if parts.query or parts.fragment:
@@ -331,8 +361,41 @@ def _ca_file(env: Mapping[str, str]) -> Path | None:
     return path
 
 
+# Paths Python opens itself: a file name need not be UTF-8 on Linux.
+_PATH_VARIABLES = frozenset({"GR_API_KEY_FILE"})
+
+
+def _check_utf8(env: Mapping[str, str]) -> None:
+    """Every KAFKA_* and GR_* name and value must be UTF-8 text.
+
+    The environment is bytes; Python keeps a byte that is not UTF-8 (a Latin-1
+    `é` in a password, say) as a lone surrogate, which librdkafka's client
+    cannot take and an HTTP header cannot carry. Refused here, by name, and
+    never echoed: the value may be a secret.
+    """
+    for name, value in env.items():
+        if not name.startswith(("KAFKA_", "GR_")):
+            continue
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise ConfigError(shown, "is a variable name that is not UTF-8 text") from None
+        if name in _PATH_VARIABLES:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                name,
+                "holds a byte that is not UTF-8 (a value saved in Latin-1 or another 8-bit "
+                "encoding?); the service and librdkafka read UTF-8 text: re-encode it",
+            ) from None
+
+
 def load(env: Mapping[str, str]) -> Settings:
     """Parse and validate; raises ConfigError naming the first bad variable."""
+    _check_utf8(env)
     bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if not bootstrap:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", "is required (host:port[,host:port...])")
