@@ -94,7 +94,8 @@ class ApiKeySource:
     def read(self) -> Secret:
         if self.value is not None:
             return self.value
-        assert self.file is not None
+        if self.file is None:  # settings loaded for Kafka only (`load_kafka`)
+            raise ConfigError("GR_API_KEY", "was not read: these settings are for Kafka only")
         try:
             text = self.file.read_text(encoding="utf-8").strip()
         except UnicodeDecodeError:
@@ -111,7 +112,9 @@ class ApiKeySource:
         return Secret(text)
 
     def describe(self) -> str:
-        return f"file {self.file}" if self.file is not None else "GR_API_KEY (set)"
+        if self.file is not None:
+            return f"file {self.file}"
+        return "GR_API_KEY (set)" if self.value is not None else "not read (Kafka only)"
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,11 @@ class Settings:
     stall_timeout_s: float = 900.0
     log_level: str = "INFO"
     log_format: str = "json"
+
+    def consumes(self, topic: str) -> bool:
+        """Whether the service reads `topic`: named in KAFKA_TOPICS, or matched by one of
+        its ^regexes (never the DLQ, which load() refuses to let them match)."""
+        return topic != self.dlq_topic and topic_matches(self.topics, topic)
 
     @property
     def topic_patterns(self) -> list[str]:
@@ -239,6 +247,13 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 
 
 _TOPIC_NAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}$")  # Kafka forbids . and ..
+
+
+def topic_matches(topics: tuple[str, ...], name: str) -> bool:
+    """`name` is a valid topic name that one of `topics` names or (^regex) matches."""
+    if not _TOPIC_NAME.match(name):
+        return False
+    return any(t == name or (t.startswith("^") and re.search(t, name)) for t in topics)
 
 
 def _topics(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -393,8 +408,31 @@ def _check_utf8(env: Mapping[str, str]) -> None:
             ) from None
 
 
+# What a Kafka-only tool reads besides KAFKA_*: the limits its events are checked by.
+_KAFKA_TOOL_VARIABLES = frozenset(
+    {"GR_EVENT_MAX_BYTES", "GR_BATCH_MAX_BYTES", "GR_STRICT_EVENT_TYPES", "GR_STRICT_RULES"}
+)
+
+
+def load_kafka(env: Mapping[str, str]) -> Settings:
+    """`load` for tools that talk only to Kafka (the producer library, publish, dlq).
+
+    Reads the `KAFKA_*` variables, with the same pass-through and the same
+    errors as the service, and the event limits (`GR_EVENT_MAX_BYTES`,
+    `GR_BATCH_MAX_BYTES`, `GR_STRICT_EVENT_TYPES`, `GR_STRICT_RULES`). The API
+    key is neither needed nor read (`api_key.read()` refuses), and the other
+    `GR_*` variables are not looked at.
+    """
+    scoped = {k: v for k, v in env.items() if k.startswith("KAFKA_") or k in _KAFKA_TOOL_VARIABLES}
+    return _load(scoped, ApiKeySource())
+
+
 def load(env: Mapping[str, str]) -> Settings:
     """Parse and validate; raises ConfigError naming the first bad variable."""
+    return _load(env, None)
+
+
+def _load(env: Mapping[str, str], api_key: ApiKeySource | None) -> Settings:
     _check_utf8(env)
     bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if not bootstrap:
@@ -410,11 +448,10 @@ def load(env: Mapping[str, str]) -> Settings:
     if not _TOPIC_NAME.match(dlq):
         raise ConfigError("KAFKA_DLQ_TOPIC", f"{dlq!r} is not a valid topic name")
     topics = _topics(env)
-    for topic in topics:
-        if dlq == topic or (topic.startswith("^") and re.match(topic, dlq)):
-            raise ConfigError(
-                "KAFKA_DLQ_TOPIC", f"{dlq!r} is matched by KAFKA_TOPICS: the worker would read it"
-            )
+    if topic_matches(topics, dlq):
+        raise ConfigError(
+            "KAFKA_DLQ_TOPIC", f"{dlq!r} is matched by KAFKA_TOPICS: the worker would read it"
+        )
     batch_max_bytes = _int(env, "GR_BATCH_MAX_BYTES", 1_048_576, 1024, 64 * 1024 * 1024)
     event_max = _int(env, "GR_EVENT_MAX_BYTES", min(262_144, batch_max_bytes - 16), 64, 16 << 20)
     if event_max + 16 > batch_max_bytes:
@@ -429,7 +466,7 @@ def load(env: Mapping[str, str]) -> Settings:
     retry_initial = _float(env, "GR_RETRY_INITIAL_S", 0.2, 0.001, 60)
     return Settings(
         bootstrap_servers=bootstrap,
-        api_key=_api_key(env),
+        api_key=_api_key(env) if api_key is None else api_key,
         topics=topics,
         group_id=group,
         dlq_topic=dlq,
