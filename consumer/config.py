@@ -33,7 +33,13 @@ _OWNED_KAFKA_KEYS = {
     "enable.partition.eof": None,
 }
 # Our own KAFKA_* names that are not librdkafka pass-through.
-_OWN_KAFKA_VARS = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPICS", "KAFKA_GROUP_ID", "KAFKA_DLQ_TOPIC"}
+_OWN_KAFKA_VARS = {
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_TOPICS",
+    "KAFKA_GROUP_ID",
+    "KAFKA_DLQ_TOPIC",
+    "KAFKA_SASL_PASSWORD_FILE",
+}
 # A key containing one of these is a secret. `sasl.oauthbearer.config` carries
 # a client secret among its fields (clientSecret=...), whatever its name says.
 _SECRET_WORDS = (
@@ -78,6 +84,20 @@ def key_problem(key: str) -> str | None:
     if not all(0x21 <= ord(c) <= 0x7E for c in key):
         return "has characters an HTTP header cannot carry (printable ASCII only)"
     return None
+
+
+def read_secret_file(variable: str, path: Path) -> str:
+    """A secret kept in a file (a mounted Secret): UTF-8, without the line end a file
+    usually has, not empty. Errors name `variable` and never quote the content."""
+    try:
+        text = path.read_bytes().decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(variable, f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(variable, f"cannot read {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(variable, f"{path} is empty")
+    return text
 
 
 def is_secret_kafka_key(key: str) -> bool:
@@ -125,6 +145,8 @@ class Settings:
     group_id: str = "gr-s2s-consumer"
     dlq_topic: str = "game-events.dlq"
     kafka_extra: Mapping[str, str | Secret] = field(default_factory=dict)
+    # where kafka_extra's sasl.password was read from (a file watched for rotation)
+    sasl_password_file: Path | None = None
     base_url: str = DEFAULT_BASE_URL
     api_ca_file: Path | None = None
     allow_insecure_http: bool = False
@@ -290,6 +312,21 @@ def _kafka_extra(env: Mapping[str, str]) -> dict[str, str | Secret]:
     return extra
 
 
+def _sasl_password_file(env: Mapping[str, str], extra: dict[str, str | Secret]) -> Path | None:
+    """KAFKA_SASL_PASSWORD_FILE: the SASL password read from a file into `extra`."""
+    raw = env.get("KAFKA_SASL_PASSWORD_FILE", "").strip()
+    if not raw:
+        return None
+    if "sasl.password" in extra:
+        raise ConfigError(
+            "KAFKA_SASL_PASSWORD_FILE",
+            "set either KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both",
+        )
+    path = Path(raw)
+    extra["sasl.password"] = Secret(read_secret_file("KAFKA_SASL_PASSWORD_FILE", path))
+    return path
+
+
 def _api_key(env: Mapping[str, str]) -> ApiKeySource:
     key = env.get("GR_API_KEY", "")
     key_file = env.get("GR_API_KEY_FILE", "").strip()
@@ -377,7 +414,7 @@ def _ca_file(env: Mapping[str, str]) -> Path | None:
 
 
 # Paths Python opens itself: a file name need not be UTF-8 on Linux.
-_PATH_VARIABLES = frozenset({"GR_API_KEY_FILE"})
+_PATH_VARIABLES = frozenset({"GR_API_KEY_FILE", "KAFKA_SASL_PASSWORD_FILE"})
 
 
 def _check_utf8(env: Mapping[str, str]) -> None:
@@ -464,13 +501,16 @@ def _load(env: Mapping[str, str], api_key: ApiKeySource | None) -> Settings:
     strict_types = _bool(env, "GR_STRICT_EVENT_TYPES", False)
     allow_http = _bool(env, "GR_ALLOW_INSECURE_HTTP", False)
     retry_initial = _float(env, "GR_RETRY_INITIAL_S", 0.2, 0.001, 60)
+    kafka_extra = _kafka_extra(env)
+    password_file = _sasl_password_file(env, kafka_extra)
     return Settings(
         bootstrap_servers=bootstrap,
         api_key=_api_key(env) if api_key is None else api_key,
         topics=topics,
         group_id=group,
         dlq_topic=dlq,
-        kafka_extra=_kafka_extra(env),
+        kafka_extra=kafka_extra,
+        sasl_password_file=password_file,
         base_url=_base_url(env, allow_http),
         api_ca_file=_ca_file(env),
         allow_insecure_http=allow_http,

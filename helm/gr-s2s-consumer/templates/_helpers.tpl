@@ -127,6 +127,8 @@ Image reference: repository[:tag][@digest]; the tag defaults to appVersion.
 {{- define "gr-s2s-consumer.kafkaCaDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-ca{{- end }}
 {{- define "gr-s2s-consumer.kafkaCaFile" -}}{{ include "gr-s2s-consumer.kafkaCaDir" . }}/ca.crt{{- end }}
 {{- define "gr-s2s-consumer.kafkaClientDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-client{{- end }}
+{{- define "gr-s2s-consumer.kafkaSaslDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-sasl{{- end }}
+{{- define "gr-s2s-consumer.kafkaSaslPasswordFile" -}}{{ include "gr-s2s-consumer.kafkaSaslDir" . }}/password{{- end }}
 
 {{/* ------------------------------------------------------ Kafka properties */}}
 
