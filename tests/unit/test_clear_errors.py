@@ -1,6 +1,6 @@
 """Start-up errors an operator can act on: exit 2, the variable named, no traceback, no secret.
 
-Each case here once ended differently: a ValueError traceback and exit 1 for
+Left to the libraries, these end badly: a ValueError traceback and exit 1 for
 an unclosed IPv6 bracket, a SystemError from the Kafka client for a Latin-1
 password, silence for `all,bogus` and for a blank in a host name. The
 commands run as processes, with the environment as raw bytes, the way a

@@ -251,7 +251,7 @@ def test_no_secret_or_prefix_of_one_leaves_in_any_form(
         assert not found, f"{where}: {found}"
 
 
-# ---- the cases the review found, by name ------------------------------------------------
+# ---- named cases: escaped quotes, a key across a cut, an OAuth client secret ------------
 
 
 def test_a_key_with_quotes_and_backslashes_is_masked_in_its_escaped_form(
