@@ -14,9 +14,14 @@
 # checkov:skip=CKV_DOCKER_2: Kubernetes ignores HEALTHCHECK; liveness/readiness probes live in the Helm chart
 
 # One pinned base for both stages: the virtualenv built in the first is only
-# valid on the same Python in the second. Bump the tag here (and in
-# docs/deploy.md) to move to a newer 3.11 patch release.
-FROM python:3.11.17-slim-bookworm AS base
+# valid on the same Python in the second. The tag names the Python release;
+# the digest fixes the image itself (the tag is rebuilt whenever Debian is
+# patched), so a build gets exactly that image or fails. Move both together:
+# scripts/base-digest.sh (docs/deploy.md, "The base image"). The digest is a
+# build argument so that a build on a stand-in base (no registry reachable)
+# can name the stand-in's own digest; a digest that is not there fails.
+ARG PYTHON_BASE_DIGEST=sha256:0a310eeecf4e1f5a0743f9a6520c90c88d089c903ca5fd283f501e3a805f5f89
+FROM python:3.11.17-slim-bookworm@${PYTHON_BASE_DIGEST} AS base
 
 
 FROM base AS builder
@@ -28,15 +33,21 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when the lock
-# file changes, not on every source edit. Every artifact is checked against
-# the sha256 the lock pins (--require-hashes), here and again at install.
-COPY requirements.lock ./
+# files change, not on every source edit. Every artifact is checked against
+# the sha256 its lock pins (--require-hashes), here and again at install.
+COPY requirements.lock requirements-build.lock ./
 RUN python -m pip download --no-cache-dir --require-hashes --dest /wheels -r requirements.lock
+# The build backend (hatchling and what it needs), from its own hashed lock,
+# in a virtualenv of its own that never reaches the runtime stage.
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --require-hashes -r requirements-build.lock
 
-# Then the project's own wheel (hatchling builds it in an isolated env).
+# Then the project's own wheel, built with that backend and nothing else:
+# --no-build-isolation, so pip fetches no build requirement of its own.
 COPY pyproject.toml README.md ./
 COPY consumer ./consumer
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/project . \
+RUN /opt/build/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation \
+        --wheel-dir /wheels/project . \
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels \
         --require-hashes -r requirements.lock \

@@ -8,6 +8,7 @@ way settings are ever printed.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -32,8 +33,24 @@ _OWNED_KAFKA_KEYS = {
     "enable.partition.eof": None,
 }
 # Our own KAFKA_* names that are not librdkafka pass-through.
-_OWN_KAFKA_VARS = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPICS", "KAFKA_GROUP_ID", "KAFKA_DLQ_TOPIC"}
-_SECRET_WORDS = ("password", "secret", "token", "private.key", "key.pem", "sasl.jaas")
+_OWN_KAFKA_VARS = {
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_TOPICS",
+    "KAFKA_GROUP_ID",
+    "KAFKA_DLQ_TOPIC",
+    "KAFKA_SASL_PASSWORD_FILE",
+}
+# A key containing one of these is a secret. `sasl.oauthbearer.config` carries
+# a client secret among its fields (clientSecret=...), whatever its name says.
+_SECRET_WORDS = (
+    "password",
+    "secret",
+    "token",
+    "private.key",
+    "key.pem",
+    "sasl.jaas",
+    "sasl.oauthbearer.config",
+)
 
 
 class Secret:
@@ -69,6 +86,20 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def read_secret_file(variable: str, path: Path) -> str:
+    """A secret kept in a file (a mounted Secret): UTF-8, without the line end a file
+    usually has, not empty. Errors name `variable` and never quote the content."""
+    try:
+        text = path.read_bytes().decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(variable, f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(variable, f"cannot read {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(variable, f"{path} is empty")
+    return text
+
+
 def is_secret_kafka_key(key: str) -> bool:
     return any(word in key for word in _SECRET_WORDS)
 
@@ -83,7 +114,8 @@ class ApiKeySource:
     def read(self) -> Secret:
         if self.value is not None:
             return self.value
-        assert self.file is not None
+        if self.file is None:  # settings loaded for Kafka only (`load_kafka`)
+            raise ConfigError("GR_API_KEY", "was not read: these settings are for Kafka only")
         try:
             text = self.file.read_text(encoding="utf-8").strip()
         except UnicodeDecodeError:
@@ -100,7 +132,9 @@ class ApiKeySource:
         return Secret(text)
 
     def describe(self) -> str:
-        return f"file {self.file}" if self.file is not None else "GR_API_KEY (set)"
+        if self.file is not None:
+            return f"file {self.file}"
+        return "GR_API_KEY (set)" if self.value is not None else "not read (Kafka only)"
 
 
 @dataclass(frozen=True)
@@ -111,6 +145,8 @@ class Settings:
     group_id: str = "gr-s2s-consumer"
     dlq_topic: str = "game-events.dlq"
     kafka_extra: Mapping[str, str | Secret] = field(default_factory=dict)
+    # where kafka_extra's sasl.password was read from (a file watched for rotation)
+    sasl_password_file: Path | None = None
     base_url: str = DEFAULT_BASE_URL
     api_ca_file: Path | None = None
     allow_insecure_http: bool = False
@@ -132,6 +168,11 @@ class Settings:
     stall_timeout_s: float = 900.0
     log_level: str = "INFO"
     log_format: str = "json"
+
+    def consumes(self, topic: str) -> bool:
+        """Whether the service reads `topic`: named in KAFKA_TOPICS, or matched by one of
+        its ^regexes (never the DLQ, which load() refuses to let them match)."""
+        return topic != self.dlq_topic and topic_matches(self.topics, topic)
 
     @property
     def topic_patterns(self) -> list[str]:
@@ -230,6 +271,13 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 _TOPIC_NAME = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9._-]{1,249}$")  # Kafka forbids . and ..
 
 
+def topic_matches(topics: tuple[str, ...], name: str) -> bool:
+    """`name` is a valid topic name that one of `topics` names or (^regex) matches."""
+    if not _TOPIC_NAME.match(name):
+        return False
+    return any(t == name or (t.startswith("^") and re.search(t, name)) for t in topics)
+
+
 def _topics(env: Mapping[str, str]) -> tuple[str, ...]:
     raw = env.get("KAFKA_TOPICS", "").strip() or "game-events"
     topics = tuple(t.strip() for t in raw.split(",") if t.strip())
@@ -264,6 +312,21 @@ def _kafka_extra(env: Mapping[str, str]) -> dict[str, str | Secret]:
     return extra
 
 
+def _sasl_password_file(env: Mapping[str, str], extra: dict[str, str | Secret]) -> Path | None:
+    """KAFKA_SASL_PASSWORD_FILE: the SASL password read from a file into `extra`."""
+    raw = env.get("KAFKA_SASL_PASSWORD_FILE", "").strip()
+    if not raw:
+        return None
+    if "sasl.password" in extra:
+        raise ConfigError(
+            "KAFKA_SASL_PASSWORD_FILE",
+            "set either KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both",
+        )
+    path = Path(raw)
+    extra["sasl.password"] = Secret(read_secret_file("KAFKA_SASL_PASSWORD_FILE", path))
+    return path
+
+
 def _api_key(env: Mapping[str, str]) -> ApiKeySource:
     key = env.get("GR_API_KEY", "")
     key_file = env.get("GR_API_KEY_FILE", "").strip()
@@ -281,24 +344,53 @@ def _api_key(env: Mapping[str, str]) -> ApiKeySource:
     raise ConfigError("GR_API_KEY", "is required (or GR_API_KEY_FILE naming a file holding it)")
 
 
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` (as urlsplit gives it: lower-cased, no brackets) is no host name."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return "is not an IPv6 address"
+        return None
+    if not host.isascii():
+        return "is not ASCII: write an international name in its xn-- (punycode) form"
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        return "is not a host name (letters, digits and hyphens, in dot-separated labels)"
+    return None
+
+
 def _base_url(env: Mapping[str, str], allow_http: bool) -> str:
     raw = env.get("GR_BASE_URL", "").strip() or DEFAULT_BASE_URL
-    parts = urlsplit(raw)
-    if "@" in raw or parts.username or parts.password:
+    if "@" in raw:
         # checked first: the value may hold a password, so it is never echoed
         raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if any(c.isspace() or not c.isprintable() for c in raw):
+        raise ConfigError(
+            "GR_BASE_URL", f"must not contain blanks or control characters (got {raw!r})"
+        )
+    try:
+        parts = urlsplit(raw)
+        host = parts.hostname
+        port = parts.port
+    except ValueError as exc:  # an unclosed or stray [ ], a port that is no number
+        raise ConfigError("GR_BASE_URL", f"is not a valid URL: {exc} (got {raw!r})") from None
+    if parts.username or parts.password:
+        raise ConfigError("GR_BASE_URL", "must not carry credentials; use GR_API_KEY")
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigError("GR_BASE_URL", f"must be an https URL (got {raw!r})")
+    problem = _host_problem(host)
+    if problem is not None:
+        raise ConfigError("GR_BASE_URL", f"host {host!r} {problem} (got {raw!r})")
     if parts.scheme == "http" and not allow_http:
         raise ConfigError(
             "GR_BASE_URL",
             f"must be https: over http the API key travels in clear text (got {raw!r}; "
             "GR_ALLOW_INSECURE_HTTP=true allows http, for a local test server only)",
         )
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
     if port is not None and not 0 < port < 65536:
         raise ConfigError("GR_BASE_URL", f"has an invalid port (got {raw!r})")
     if parts.query or parts.fragment:
@@ -321,8 +413,64 @@ def _ca_file(env: Mapping[str, str]) -> Path | None:
     return path
 
 
+# Paths Python opens itself: a file name need not be UTF-8 on Linux.
+_PATH_VARIABLES = frozenset({"GR_API_KEY_FILE", "KAFKA_SASL_PASSWORD_FILE"})
+
+
+def _check_utf8(env: Mapping[str, str]) -> None:
+    """Every KAFKA_* and GR_* name and value must be UTF-8 text.
+
+    The environment is bytes; Python keeps a byte that is not UTF-8 (a Latin-1
+    `é` in a password, say) as a lone surrogate, which librdkafka's client
+    cannot take and an HTTP header cannot carry. Refused here, by name, and
+    never echoed: the value may be a secret.
+    """
+    for name, value in env.items():
+        if not name.startswith(("KAFKA_", "GR_")):
+            continue
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise ConfigError(shown, "is a variable name that is not UTF-8 text") from None
+        if name in _PATH_VARIABLES:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                name,
+                "holds a byte that is not UTF-8 (a value saved in Latin-1 or another 8-bit "
+                "encoding?); the service and librdkafka read UTF-8 text: re-encode it",
+            ) from None
+
+
+# What a Kafka-only tool reads besides KAFKA_*: the limits its events are checked by.
+_KAFKA_TOOL_VARIABLES = frozenset(
+    {"GR_EVENT_MAX_BYTES", "GR_BATCH_MAX_BYTES", "GR_STRICT_EVENT_TYPES", "GR_STRICT_RULES"}
+)
+
+
+def load_kafka(env: Mapping[str, str]) -> Settings:
+    """`load` for tools that talk only to Kafka (the producer library, publish, dlq).
+
+    Reads the `KAFKA_*` variables, with the same pass-through and the same
+    errors as the service, and the event limits (`GR_EVENT_MAX_BYTES`,
+    `GR_BATCH_MAX_BYTES`, `GR_STRICT_EVENT_TYPES`, `GR_STRICT_RULES`). The API
+    key is neither needed nor read (`api_key.read()` refuses), and the other
+    `GR_*` variables are not looked at.
+    """
+    scoped = {k: v for k, v in env.items() if k.startswith("KAFKA_") or k in _KAFKA_TOOL_VARIABLES}
+    return _load(scoped, ApiKeySource())
+
+
 def load(env: Mapping[str, str]) -> Settings:
     """Parse and validate; raises ConfigError naming the first bad variable."""
+    return _load(env, None)
+
+
+def _load(env: Mapping[str, str], api_key: ApiKeySource | None) -> Settings:
+    _check_utf8(env)
     bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if not bootstrap:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", "is required (host:port[,host:port...])")
@@ -337,11 +485,10 @@ def load(env: Mapping[str, str]) -> Settings:
     if not _TOPIC_NAME.match(dlq):
         raise ConfigError("KAFKA_DLQ_TOPIC", f"{dlq!r} is not a valid topic name")
     topics = _topics(env)
-    for topic in topics:
-        if dlq == topic or (topic.startswith("^") and re.match(topic, dlq)):
-            raise ConfigError(
-                "KAFKA_DLQ_TOPIC", f"{dlq!r} is matched by KAFKA_TOPICS: the worker would read it"
-            )
+    if topic_matches(topics, dlq):
+        raise ConfigError(
+            "KAFKA_DLQ_TOPIC", f"{dlq!r} is matched by KAFKA_TOPICS: the worker would read it"
+        )
     batch_max_bytes = _int(env, "GR_BATCH_MAX_BYTES", 1_048_576, 1024, 64 * 1024 * 1024)
     event_max = _int(env, "GR_EVENT_MAX_BYTES", min(262_144, batch_max_bytes - 16), 64, 16 << 20)
     if event_max + 16 > batch_max_bytes:
@@ -354,13 +501,16 @@ def load(env: Mapping[str, str]) -> Settings:
     strict_types = _bool(env, "GR_STRICT_EVENT_TYPES", False)
     allow_http = _bool(env, "GR_ALLOW_INSECURE_HTTP", False)
     retry_initial = _float(env, "GR_RETRY_INITIAL_S", 0.2, 0.001, 60)
+    kafka_extra = _kafka_extra(env)
+    password_file = _sasl_password_file(env, kafka_extra)
     return Settings(
         bootstrap_servers=bootstrap,
-        api_key=_api_key(env),
+        api_key=_api_key(env) if api_key is None else api_key,
         topics=topics,
         group_id=group,
         dlq_topic=dlq,
-        kafka_extra=_kafka_extra(env),
+        kafka_extra=kafka_extra,
+        sasl_password_file=password_file,
         base_url=_base_url(env, allow_http),
         api_ca_file=_ca_file(env),
         allow_insecure_http=allow_http,

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
+from consumer import redaction
 from consumer.batching import Batch, Ref
 from consumer.errors import TransportError
 from consumer.events import Route
@@ -80,7 +81,9 @@ class _Again:
 
 
 def _detail(resp: Response) -> str:
-    text = resp.body.decode("utf-8", "replace").strip() or f"HTTP {resp.status}"
+    # Scrubbed before it is cut or stripped (here, and to 300 characters for the log): a
+    # cut first could leave the start of a secret the answer quotes, a strip its end.
+    text = redaction.scrub(resp.body.decode("utf-8", "replace")).strip() or f"HTTP {resp.status}"
     encoded = text.encode()[:MAX_DETAIL_BYTES]
     return encoded.decode("utf-8", "ignore")
 

@@ -43,7 +43,7 @@ def refusal(code: str, message: str, settings: Settings) -> ConfigError | None:
     if code == "_AUTHENTICATION":
         mechanism = common.get("sasl.mechanism", "GSSAPI")
         return ConfigError(
-            "KAFKA_SASL_PASSWORD",
+            "KAFKA_SASL_PASSWORD_FILE" if settings.sasl_password_file else "KAFKA_SASL_PASSWORD",
             f"was refused by the broker: SASL {mechanism} authentication failed for "
             f"KAFKA_SASL_USERNAME={common.get('sasl.username', '')!r} ({text})",
         )

@@ -13,6 +13,7 @@ import re
 import time
 from typing import Any
 
+from consumer import redaction
 from consumer.config import Settings
 from consumer.errors import ConfigError
 
@@ -102,9 +103,7 @@ def validate_librdkafka(settings: Settings) -> None:
         match = _PROPERTY.search(text)
         key = match.group(1) if match else _mentioned_key(text, settings)
         variable = "KAFKA_" + key.upper().replace(".", "_") if key else "KAFKA_*"
-        for secret in settings.librdkafka_secrets().values():
-            if secret:
-                text = text.replace(secret, "***")
+        text = redaction.scrub(text)  # the secrets are remembered: every form of them
         raise ConfigError(variable, f"rejected by librdkafka: {text}") from None
     client.close()
 

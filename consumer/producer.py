@@ -175,26 +175,9 @@ def player_id_key(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-# Environment variables a Kafka-only tool reads; the rest (the API key above all) it does not need.
-_TOOL_VARS: Final = (
-    "GR_EVENT_MAX_BYTES",
-    "GR_BATCH_MAX_BYTES",
-    "GR_STRICT_EVENT_TYPES",
-    "GR_STRICT_RULES",
-)
-
-
 def kafka_settings(env: Mapping[str, str]) -> config.Settings:
-    """`config.load` for tools that talk only to Kafka (the producer, publish, dlq).
-
-    Reads the `KAFKA_*` variables (with the same pass-through and the same
-    errors as the service) and the event limits (`GR_EVENT_MAX_BYTES`,
-    `GR_BATCH_MAX_BYTES`, `GR_STRICT_EVENT_TYPES`, `GR_STRICT_RULES`); no API key is needed and
-    the other `GR_*` variables are not looked at.
-    """
-    scoped = {k: v for k, v in env.items() if k.startswith("KAFKA_") or k in _TOOL_VARS}
-    scoped["GR_API_KEY"] = "not-used-by-kafka-tools"  # load() insists; never used
-    return config.load(scoped)
+    """The settings of a Kafka-only tool: `config.load_kafka` (no API key needed or read)."""
+    return config.load_kafka(env)
 
 
 def first_plain_topic(settings: config.Settings) -> str:

@@ -7,15 +7,18 @@
 #                 CONTAINERS_CONF / CONTAINERS_STORAGE_CONF): storage in the user
 #                 cache, runc and cgroupfs (crun fails on hybrid cgroups), raised
 #                 ulimits (librdkafka starts many threads)
-#   3. base       the Dockerfile's FROM image: kept if present, else pulled, else
-#                 (no registry reachable, as in CI here) a stand-in made with
+#   3. base       the Dockerfile's base, pinned by tag (FROM) and digest (ARG
+#                 PYTHON_BASE_DIGEST): kept if present, else pulled, else (no
+#                 registry reachable, as in CI here) a stand-in made with
 #                 debootstrap from Debian bookworm's python3.11 and imported
-#                 under the same name, so the Dockerfile builds unchanged
+#                 under the same tag; the Dockerfile builds unchanged, told the
+#                 stand-in's own digest (--build-arg PYTHON_BASE_DIGEST), and a
+#                 build told a digest that is not there must fail (the pin holds)
 #   4. build      buildah build; the machine's pip settings and CA bundle are
 #                 bind-mounted into the RUN steps only, never into a layer
 #
 # Output: on stdout, KEY=VALUE lines (IMAGE=, IMAGE_SIZE_BYTES=, BASE_KIND=,
-# CONTAINERS_CONF=, CONTAINERS_STORAGE_CONF=, BUILD_SECONDS=); progress on stderr.
+# CONTAINERS_CONF=, CONTAINERS_STORAGE_CONF=, BUILD_SECONDS=, BASE_DIGEST=); progress on stderr.
 #
 # Environment:
 #   GR_IMAGE_NAME    tag to build (default gr-s2s-consumer:check)
@@ -77,13 +80,23 @@ EOF
 
 # --- 3. the base image ------------------------------------------------------------
 BASE="$(awk 'toupper($1) == "FROM" { print $2; exit }' Dockerfile)"
+BASE="${BASE%@*}"
+BASE_DIGEST="$(sed -n 's/^ARG PYTHON_BASE_DIGEST=//p' Dockerfile | head -n 1)"
+if [[ -z "$BASE" || ! "$BASE_DIGEST" =~ ^sha256:[0-9a-f]{64}$ ]]; then
+    log "the Dockerfile must pin its base: FROM <name:tag>@\${PYTHON_BASE_DIGEST}, ARG PYTHON_BASE_DIGEST=sha256:<64 hex>"
+    exit 1
+fi
 base_kind=""
-if buildah inspect --type image "$BASE" >/dev/null 2>&1; then
-    base_kind="$(buildah inspect --type image --format '{{index .ImageAnnotations "org.opencontainers.image.description"}}' "$BASE" 2>/dev/null | grep -q 'stand-in' && echo stand-in || echo present)"
-    log "base $BASE already in storage ($base_kind)"
-elif timeout 120 buildah pull --quiet "$BASE" >/dev/null 2>&1; then
+build_args=()
+if buildah inspect --type image "$BASE@$BASE_DIGEST" >/dev/null 2>&1; then
+    base_kind="present"
+    log "base $BASE@$BASE_DIGEST already in storage"
+elif timeout 120 buildah pull --quiet "$BASE@$BASE_DIGEST" >/dev/null 2>&1; then
     base_kind="pulled"
-    log "base $BASE pulled from the configured registries"
+    log "base $BASE@$BASE_DIGEST pulled from the configured registries"
+elif buildah inspect --type image "$BASE" >/dev/null 2>&1; then
+    base_kind="$(buildah inspect --type image --format '{{index .ImageAnnotations "org.opencontainers.image.description"}}' "$BASE" 2>/dev/null | grep -q 'stand-in' && echo stand-in || echo other-digest)"
+    log "base $BASE@$BASE_DIGEST not reachable; $BASE already in storage ($base_kind)"
 else
     base_kind="stand-in"
     log "base $BASE cannot be pulled: making a stand-in with debootstrap ($SUITE, python3.11)"
@@ -122,6 +135,21 @@ else
     rm -rf "$rootfs"
     log "stand-in $BASE made in $((SECONDS - started)) s"
 fi
+if [[ "$base_kind" != present && "$base_kind" != pulled ]]; then
+    # Not the pinned image: the build names what it has by that image's own digest,
+    # so the FROM line is still resolved by digest.
+    BASE_DIGEST="$(buildah inspect --type image --format '{{.FromImageDigest}}' "$BASE")"
+    build_args=(--build-arg "PYTHON_BASE_DIGEST=$BASE_DIGEST")
+    log "building on $BASE@$BASE_DIGEST ($base_kind, not the pinned digest)"
+    # ...and a digest that is not there is refused, not replaced by whatever the tag holds.
+    absent="sha256:$(printf 'not-the-base' | sha256sum | cut -d' ' -f1)"
+    if buildah build --pull=never --isolation chroot --target base \
+        --build-arg "PYTHON_BASE_DIGEST=$absent" --file Dockerfile . >/dev/null 2>&1; then
+        log "a build told a digest that is not in storage used the base anyway: the pin does not hold"
+        exit 1
+    fi
+    buildah rm --all >/dev/null
+fi
 
 # --- 4. build ---------------------------------------------------------------------
 # pip inside RUN needs the machine's index settings and CA bundle when the
@@ -145,7 +173,7 @@ fi
 log "building $IMAGE from the Dockerfile (base: $base_kind)..."
 started=$SECONDS
 buildah build --pull=never --isolation chroot --network host --layers \
-    "${volumes[@]}" --tag "$IMAGE" --file Dockerfile . >&2
+    "${volumes[@]}" "${build_args[@]}" --tag "$IMAGE" --file Dockerfile . >&2
 build_seconds=$((SECONDS - started))
 # buildah 1.28 leaves the stage the others build FROM as a mounted working
 # container; nothing else uses this storage, so drop every container.
@@ -159,6 +187,7 @@ log "built $IMAGE in $build_seconds s: $((size / 1000000)) MB"
 printf 'IMAGE=%s\n' "$IMAGE"
 printf 'IMAGE_SIZE_BYTES=%s\n' "$size"
 printf 'BASE_KIND=%s\n' "$base_kind"
+printf 'BASE_DIGEST=%s\n' "$BASE_DIGEST"
 printf 'BUILD_SECONDS=%s\n' "$build_seconds"
 printf 'CONTAINERS_CONF=%s\n' "$CONTAINERS_CONF"
 printf 'CONTAINERS_STORAGE_CONF=%s\n' "$CONTAINERS_STORAGE_CONF"

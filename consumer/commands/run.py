@@ -10,7 +10,7 @@ import sys
 import threading
 from types import FrameType
 
-from consumer import config, redaction
+from consumer import config, redaction, rotation
 from consumer.errors import ConfigError
 from consumer.kafka_config import validate_librdkafka
 
@@ -61,8 +61,12 @@ def serve(settings: config.Settings) -> int:
     worker.install_signal_handlers()
     if early_stop.is_set():
         worker.request_stop()  # told to stop while starting: nothing read, nothing to drain
+    # A rotated SASL password file: stop as on SIGTERM, to be restarted with it (rotation.py).
+    watching = rotation.watch(settings, lambda _variable: worker.request_stop())
     tune_gc()
     try:
         return worker.run()
     finally:
+        if watching is not None:
+            watching.set()
         ops.stop()

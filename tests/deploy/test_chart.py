@@ -140,12 +140,13 @@ def test_config_change_rolls_the_pods(render: RenderFn) -> None:
 def test_sasl_credentials_come_from_a_secret(scenarios: dict[str, Rendered]) -> None:
     r = scenarios["all-options"]
     env = r.env()
-    secret_names = set()
-    for name in ("KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
-        assert "value" not in env[name], f"{name} must not be a plain value"
-        ref = env[name]["valueFrom"]["secretKeyRef"]
-        secret_names.add(ref["name"])
-    (secret_name,) = secret_names
+    assert "value" not in env["KAFKA_SASL_USERNAME"], (
+        "KAFKA_SASL_USERNAME must not be a plain value"
+    )
+    secret_name = env["KAFKA_SASL_USERNAME"]["valueFrom"]["secretKeyRef"]["name"]
+    # the password: a file from the same Secret (watched: a rotation restarts the worker)
+    assert "KAFKA_SASL_PASSWORD" not in env
+    assert _volume(r, "kafka-sasl")["secret"]["secretName"] == secret_name
     assert secret_name in {s["metadata"]["name"] for s in r.of_kind("Secret")}
     cfg = r.config_env()
     assert cfg["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
@@ -169,10 +170,34 @@ def test_existing_sasl_secret(render: RenderFn) -> None:
             },
         )
     )
-    ref = r.env()["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "kafka-creds", "key": "pw"}
+    volume = _volume(r, "kafka-sasl")["secret"]
+    assert volume["secretName"] == "kafka-creds"
+    assert volume["items"] == [{"key": "pw", "path": "password"}]
     assert not r.of_kind("Secret")
     assert r.config_env()["KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+
+
+@pytest.mark.parametrize("existing", ["", "kafka-creds"])
+def test_the_sasl_password_is_a_watched_file_so_a_rotation_reaches_the_pods(
+    render: RenderFn, existing: str
+) -> None:
+    """No checksum can follow an existingSecret the chart never sees: the worker reads the
+    password from the mounted Secret (the whole directory, which the kubelet updates; a
+    subPath mount never would) and restarts itself when it changes."""
+    sasl: dict[str, Any] = {"enabled": True, "existingSecret": existing}
+    if not existing:
+        sasl.update(username="u", password=SASL_PASSWORD)
+    r = render(merge(MINIMAL, {"kafka": {"sasl": sasl}}))
+    password_file = r.env()["KAFKA_SASL_PASSWORD_FILE"]["value"]
+    mount = _mount(r, "kafka-sasl")
+    assert mount == {
+        "name": "kafka-sasl",
+        "mountPath": posixpath.dirname(password_file),
+        "readOnly": True,
+    }
+    items = _volume(r, "kafka-sasl")["secret"]["items"]
+    assert items == [{"key": "password", "path": posixpath.basename(password_file)}]
+    assert SASL_PASSWORD not in str(r.pod_spec)
 
 
 def test_sasl_without_credentials_fails(render_error: RenderErrorFn) -> None:
@@ -190,7 +215,14 @@ def test_tls_ca_is_a_mounted_secret(scenarios: dict[str, Rendered]) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["sasl.password", "ssl.key.password", "sasl.username", "sasl.oauthbearer.client.secret"]
+    "key",
+    [
+        "sasl.password",
+        "ssl.key.password",
+        "sasl.username",
+        "sasl.oauthbearer.client.secret",
+        "sasl.oauthbearer.config",  # carries clientSecret=... among its fields
+    ],
 )
 def test_credentials_in_kafka_config_are_refused(render_error: RenderErrorFn, key: str) -> None:
     err = render_error(merge(MINIMAL, {"kafka": {"config": {key: "hunter2"}}}))

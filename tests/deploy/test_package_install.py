@@ -30,7 +30,13 @@ from tests.support.cli_help import help_commands
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 # What .dockerignore lets into the build context (and the Dockerfile COPYs).
-CONTEXT = ("requirements.lock", "pyproject.toml", "README.md", "consumer")
+CONTEXT = (
+    "requirements.lock",
+    "requirements-build.lock",
+    "pyproject.toml",
+    "README.md",
+    "consumer",
+)
 API_KEY = "secret-key-123"
 
 
@@ -90,8 +96,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     # RUN pip download --require-hashes --dest /wheels -r requirements.lock
     _pip(Path(builder), "download", "--require-hashes", "--dest", str(wheels), "-r",
          "requirements.lock", cwd=src)  # fmt: skip
-    # RUN pip wheel --no-deps --wheel-dir /wheels/project .
-    _pip(Path(builder), "wheel", "--no-deps", "--wheel-dir", str(wheels / "project"), ".", cwd=src)
+    # RUN python -m venv /opt/build && pip install --require-hashes -r requirements-build.lock
+    build_dir = tmp / "build"
+    venv.EnvBuilder(with_pip=True, clear=True).create(build_dir)
+    build_python = build_dir / "bin" / "python"
+    _pip(build_python, "install", "--require-hashes", "-r", str(src / "requirements-build.lock"))
+    # RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /wheels/project .
+    _pip(build_python, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
+         str(wheels / "project"), ".", cwd=src)  # fmt: skip
     (project_wheel,) = (wheels / "project").glob("gr_s2s_consumer-*.whl")
     # RUN python -m venv /opt/venv && pip install --no-index --find-links /wheels
     #     --require-hashes -r requirements.lock && pip install --no-index --no-deps project
@@ -212,9 +224,12 @@ def _runtime_stage() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_stages_share_one_pinned_base() -> None:
+    args = dict(rest.split("=", 1) for word, rest in _instructions() if word == "ARG")
     froms = [rest for word, rest in _instructions() if word == "FROM"]
-    base = froms[0].split()[0]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", base), base
+    base, _, stage = froms[0].partition(" ")
+    assert stage == "AS base"
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@\$\{PYTHON_BASE_DIGEST\}", base), base
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", args["PYTHON_BASE_DIGEST"])
     assert [f.split()[0] for f in froms[1:]] == ["base", "base"]
 
 

@@ -127,6 +127,8 @@ Image reference: repository[:tag][@digest]; the tag defaults to appVersion.
 {{- define "gr-s2s-consumer.kafkaCaDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-ca{{- end }}
 {{- define "gr-s2s-consumer.kafkaCaFile" -}}{{ include "gr-s2s-consumer.kafkaCaDir" . }}/ca.crt{{- end }}
 {{- define "gr-s2s-consumer.kafkaClientDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-client{{- end }}
+{{- define "gr-s2s-consumer.kafkaSaslDir" -}}/var/run/secrets/gr-s2s-consumer/kafka-sasl{{- end }}
+{{- define "gr-s2s-consumer.kafkaSaslPasswordFile" -}}{{ include "gr-s2s-consumer.kafkaSaslDir" . }}/password{{- end }}
 
 {{/* ------------------------------------------------------ Kafka properties */}}
 
@@ -250,7 +252,7 @@ template's view). Included by the Deployment so every render runs them.
 {{- end }}
 {{- range $k, $v := .Values.kafka.config }}
 {{- $lk := lower $k }}
-{{- if or (contains "password" $lk) (contains "secret" $lk) (contains "private.key" $lk) (contains "key.pem" $lk) (contains "sasl.jaas" $lk) (eq $lk "sasl.username") }}
+{{- if or (contains "password" $lk) (contains "secret" $lk) (contains "private.key" $lk) (contains "key.pem" $lk) (contains "sasl.jaas" $lk) (eq $lk "sasl.username") (eq $lk "sasl.oauthbearer.config") }}
 {{- fail (printf "%s: kafka.config.%s looks like a credential; it would land in a ConfigMap. Use kafka.sasl.existingSecret (or extraEnv with valueFrom.secretKeyRef)" $p $k) }}
 {{- end }}
 {{- end }}
