@@ -161,12 +161,17 @@ class Pacer:
             now_wall, now_mono = self._wall(), self._mono()
             if self._reset_unix is None or rl.reset_unix > self._reset_unix:
                 used = self._window_first_remaining - self._remaining
-                if self._reset_unix is not None and used >= 10:
+                if self._reset_unix is not None and used >= 1:
                     # Our share of the key over the whole window that just ended:
                     # every worker measures the same stretch, so the shares add up.
+                    # Measured from any use at all: a share learnt while others were
+                    # busy must recover once they leave, when the key's use in a window
+                    # is only ours (a threshold of 10 requests once kept a worker at
+                    # 1/64 of a key it had to itself).
                     share = self._own_in_window / used
-                    self._share = min(1.0, max(self._MIN_SHARE, share))
-                    self._windows_measured += 1
+                    self._share = min(1.0, max(self._floor(rl.limit), share))
+                    if used >= self._SHARE_SAMPLE:
+                        self._windows_measured += 1
                 if self._reset_unix is not None:
                     # Two resets bound the window from above (idle windows in
                     # between make the gap longer, never shorter).
@@ -190,7 +195,7 @@ class Pacer:
                     and own >= self._OWN_SAMPLE
                     and used >= self._SHARE_SAMPLE
                 ):
-                    self._share = min(1.0, max(self._MIN_SHARE, own / used))
+                    self._share = min(1.0, max(self._floor(rl.limit), own / used))
             else:
                 return  # an answer from a window already gone
             self._limit = rl.limit
@@ -205,6 +210,11 @@ class Pacer:
             lower = self._window_lower = max(self._window_lower, to_reset)
             upper = self._window_upper
             self._window_s = upper if lower > upper / 2 else max(1.0, lower)
+
+    def _floor(self, limit: int) -> float:
+        """The smallest share: 1/64, and never under two requests a window, so a worker
+        always hears two answers in a window and can measure its share again."""
+        return max(self._MIN_SHARE, min(1.0, 2 / limit))
 
     def hold(self, seconds: float) -> None:
         """After a 429: nobody sends before `seconds` from now."""

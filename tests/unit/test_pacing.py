@@ -620,6 +620,9 @@ class SimResult:
     fills: list[float] = field(default_factory=list)  # accepted/limit per full window
     window_429: list[int] = field(default_factory=list)  # 429s per full window
     exhausted_at: list[float] = field(default_factory=list)  # last 200, s into the window
+    # accepted requests of each worker per window (window start, wall clock)
+    by_worker: dict[tuple[int, float], int] = field(default_factory=dict)
+    windows_seen: list[float] = field(default_factory=list)
 
     @property
     def rate_429(self) -> float:
@@ -651,8 +654,14 @@ def simulate(
     start_offset: float = 17.0,
     cap: int | None = None,
     window: float = 60.0,
+    busy: Callable[[int, float], bool] | None = None,
+    quiet_senders: int | None = None,
 ) -> SimResult:
     """Every sender always has a batch ready; each worker has one Pacer, the key one budget.
+
+    With `busy`, worker w's senders have a batch ready only while busy(w, t) (t in seconds
+    from the start): a quiet worker's senders wait and look again every second, a worker
+    that left (never busy again) simply stays quiet. `quiet_senders`: worker 0's own count.
 
     The server counts requests per fixed window aligned on the wall clock, like the
     simulator: over the limit it answers 429 with Retry-After to the window's end. A
@@ -673,7 +682,7 @@ def simulate(
     events: list[tuple[float, int, str, int, dict[str, str]]] = []
     seq = 0
     for w in range(workers):
-        for _ in range(senders):
+        for _ in range(senders if w or quiet_senders is None else quiet_senders):
             heapq.heappush(events, (0.0, seq, "ready", w, {}))
             seq += 1
     end = windows * window
@@ -684,6 +693,10 @@ def simulate(
         clock.t = t
         pacer = pacers[w]
         if kind == "ready":
+            if busy is not None and not busy(w, t):
+                heapq.heappush(events, (t + 1.0, seq, "ready", w, {}))
+                seq += 1
+                continue
             wait = pacer.reserve()
             assert wait >= 0.0
             heapq.heappush(events, (t + wait, seq, "send", w, {}))
@@ -705,6 +718,7 @@ def simulate(
             else:
                 result.accepted += 1
                 ok[start] = ok.get(start, 0) + 1
+                result.by_worker[(w, start)] = result.by_worker.get((w, start), 0) + 1
                 last_ok[start] = arrival - start
                 heapq.heappush(events, (t + rtt, seq, "200", w, answer))
         else:
@@ -718,6 +732,7 @@ def simulate(
             heapq.heappush(events, (t + wait, seq, "ready", w, {}))
         seq += 1
     spans = sorted(used)
+    result.windows_seen = spans
     full = spans[1:-1]  # the first and last windows are partial
     result.first_window_429 = too_many.get(spans[0], 0)
     result.fills = [ok.get(s, 0) / limit for s in full]
@@ -811,3 +826,28 @@ def test_simulation_three_workers_starting_together_on_a_short_window(start_offs
     print(result.line())
     assert result.rate_429 <= 0.005
     assert min(result.fills) >= 0.95
+
+
+@pytest.mark.parametrize(("limit", "window"), [(100, 60.0), (60, 10.0)])
+def test_a_share_learnt_while_quiet_recovers_within_two_windows_of_the_others_leaving(
+    limit: int, window: float
+) -> None:
+    """Worker 0 sends two requests a window while workers 1 and 2 use the key, so it learns a
+    tiny share; then they leave (scale-in) and worker 0 has the backlog. It once kept ~1/64
+    of the key until restarted: its share was only measured once 10 requests were seen."""
+    leave = 2.5 * window
+
+    def busy(w: int, t: float) -> bool:
+        if w == 0:  # two requests a window (its partitions are quiet), then the backlog
+            return t >= leave or int(t) % int(window) in (0, int(window) - 2)
+        return t < leave
+
+    result = simulate(
+        3, 8, limit, windows=9, window=window, start_offset=0.3, busy=busy, quiet_senders=1
+    )
+    start = min(s for s in result.windows_seen if s - result.windows_seen[0] >= leave)
+    later = [s for s in result.windows_seen if s >= start + 2 * window][:-1]  # whole windows
+    assert later, result.windows_seen
+    used = [result.by_worker.get((0, s), 0) / limit for s in later]
+    assert min(used) >= 0.9, f"worker 0 used {used} of the key after the others left"
+    assert result.rate_429 <= 0.05
