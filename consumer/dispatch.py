@@ -169,6 +169,10 @@ class Dispatcher:
             self._pacer.unanswered()
         self._abandon(run)
 
+    def running_job(self, job: DeliveryJob[Any]) -> bool:
+        """The job is being delivered: on the wire, or waiting to send again."""
+        return id(job) in self._running
+
     def on_wire(self, job: DeliveryJob[Any]) -> bool:
         """The job has a request whose answer has not been read yet."""
         run = self._running.get(id(job))
@@ -250,6 +254,10 @@ class DeliveryObserver:
         self._timed: dict[str, Any] = {}
 
     def on_response(self, endpoint: str, status: int, elapsed_s: float) -> None:
+        if status == 0 or status >= 500:
+            self._h.api_failing("no answer" if status == 0 else f"HTTP {status}")
+        elif status != 429:
+            self._h.api_ok()
         counter = self._counted.get((endpoint, status))
         if counter is None:
             counter = self._m.api_requests.labels(endpoint, str(status) if status else "error")

@@ -38,7 +38,7 @@ When is it safe to commit? The commit sequence, step by step:
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -88,6 +88,9 @@ class Part:
     commit_failing: bool = False
     awaiting_since: float = -1.0
     last_progress: float = 0.0  # a commit confirmed (or the assignment)
+    # since when it has had work and neither moved nor waited on something outside the
+    # worker (the API, the key, the DLQ, the coordinator): what liveness judges
+    stuck_since: float = 0.0
 
     @property
     def settled(self) -> bool:
@@ -182,6 +185,7 @@ class Ledger:
                 PartitionBatcher(self._max_events, self._max_bytes, self._linger_s),
                 now,
                 last_progress=now,
+                stuck_since=now,
             )
             self.parts[tp] = part
             self._turns.add(tp)
@@ -513,15 +517,18 @@ class Ledger:
         if UNCOMMITTED in part.reasons:
             self._hold(part, now)
 
-    def sweep(self, now: float) -> None:
-        """Once a second: commits sent long ago without an answer are due again."""
+    def sweep(self, now: float, waiting_outside: Callable[[Part], bool] | None = None) -> None:
+        """Once a second: commits sent long ago without an answer are due again; a
+        partition idle, or waiting on something outside the worker, is not stuck."""
         for tp, part in self.parts.items():
             if part.offsets.needs_commit() is not None:
                 if part.commit_sent >= 0 and now - part.commit_sent_at > 2.0:
                     part.commit_sent = -1
                 self._dirty[tp] = None
             elif not (part.holding or part.offsets.outstanding):
-                part.last_progress = now  # idle is not stalled
+                part.last_progress = part.stuck_since = now  # idle is not stalled
+            if waiting_outside is not None and waiting_outside(part):
+                part.stuck_since = now
             if UNCOMMITTED in part.reasons:
                 self._hold(part, now)
         self._expire(now)
@@ -595,9 +602,10 @@ class Ledger:
         return sum(1 for p in self.parts.values() if p.fetch_paused)
 
     def stalled_for(self, now: float) -> float:
-        """The longest time an owned partition with work has gone without a commit."""
+        """The longest time an owned partition with work has gone without a commit while
+        nothing outside the worker held it up: a stall only a restart can end."""
         worst = 0.0
         for part in self.parts.values():
             if part.holding or part.offsets.outstanding or part.fetch_paused:
-                worst = max(worst, now - part.last_progress)
+                worst = max(worst, now - max(part.last_progress, part.stuck_since))
         return worst

@@ -26,6 +26,7 @@ from consumer import redaction
 from consumer.clock import SYSTEM, Clock
 
 log = logging.getLogger("consumer")
+API_FAILING_S = 30.0  # readiness reports an API failing this long without a good answer
 
 
 class Metrics:
@@ -126,6 +127,13 @@ class Metrics:
         self.dlq_write_failures = Counter(
             "gr_dlq_write_failures", "DLQ writes that failed (retried)", ["error"], registry=r
         )
+        self.partitions_waiting = Gauge(
+            "gr_partitions_waiting",
+            "Partitions held up outside the worker: the API (requests retried), the key "
+            "(refused), the DLQ (writes failing), the group coordinator (commits unanswered)",
+            ["cause"],
+            registry=r,
+        )
 
         # Known label values start at zero, so dashboards and alerts see a
         # series before the first occurrence.
@@ -167,9 +175,14 @@ class Health:
         self._stopping = False
         self._stall_limit_s = 0.0
         self._stalled_s = 0.0
+        self._api_failing_since: float | None = None
+        self._api_problem = ""
 
     def stall_limit(self, seconds: float) -> None:
-        """Liveness fails once a partition with work has committed nothing for this long (0: never)."""
+        """Liveness fails once a partition with work has committed nothing for this long,
+        with nothing outside the worker holding it up (0: never). Waiting on the API, the
+        key, the DLQ or the coordinator shows in readiness and metrics: a restart would not
+        end it, and every worker would restart at once."""
         self._stall_limit_s = seconds
 
     def stalled(self, seconds: float) -> None:
@@ -181,6 +194,20 @@ class Health:
 
     def dlq_ok(self) -> None:
         self._dlq_problem = None
+
+    @property
+    def dlq_troubled(self) -> bool:
+        return self._dlq_problem is not None
+
+    def api_failing(self, what: str) -> None:
+        """An answer that is no answer (5xx, a transport error): readiness says so once
+        the API has failed for `API_FAILING_S` without a good answer between."""
+        if self._api_failing_since is None:
+            self._api_failing_since = self._clock.monotonic()
+        self._api_problem = what
+
+    def api_ok(self) -> None:
+        self._api_failing_since = None
 
     def beat(self) -> None:
         self._beat = self._clock.monotonic()
@@ -225,6 +252,10 @@ class Health:
         problem = self._key_problem or self._dlq_problem
         if problem is not None:
             return False, problem
+        since = self._api_failing_since
+        if since is not None and self._clock.monotonic() - since >= API_FAILING_S:
+            failing = self._clock.monotonic() - since
+            return False, f"API failing ({self._api_problem}) for {failing:.0f}s; retrying"
         return True, "ok"
 
 

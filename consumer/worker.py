@@ -62,6 +62,7 @@ _CLOSE_SHARE, _CLOSE_MAX_S = 0.2, 5.0
 # ...and for the process to exit after the worker returns
 _EXIT_SHARE, _EXIT_MAX_S = 0.1, 1.0
 _COMMITTED_QUERY_S = 5.0
+_WAIT_CAUSES = ("api", "key", "dlq", "commit")
 
 ConsumerFactory = Callable[[dict[str, Any]], Any]
 
@@ -499,7 +500,17 @@ class Worker:
         """Once a second: overdue commits, per-partition progress, the stall check."""
         self._next_sweep = now + _SWEEP_S
         led = self._ledger
-        led.sweep(now)
+        waiting: Counter[str] = Counter()
+
+        def waiting_outside(part: Part) -> bool:
+            cause = self._waiting_on(part)
+            if cause is not None:
+                waiting[cause] += 1
+            return cause is not None
+
+        led.sweep(now, waiting_outside)
+        for cause in _WAIT_CAUSES:
+            self.metrics.partitions_waiting.labels(cause).set(waiting[cause])
         for tp, part in led.parts.items():
             gauges = self._gauges.get(tp)
             if gauges is None:
@@ -514,6 +525,20 @@ class Worker:
             gauges[2].set(part.offsets.finished_uncommitted)
         self.metrics.buffered_bytes.set(led.buffered_bytes)
         self.health.stalled(led.stalled_for(now))
+
+    def _waiting_on(self, part: Part) -> str | None:
+        """What outside the worker holds this partition up, if anything: then it is not
+        stuck, and liveness (which restarts the pod) does not count the time."""
+        if self.health.halted:
+            return "key"
+        job = part.in_flight
+        if job is not None and self._dispatch.running_job(job):
+            return "api"  # a request on its way, or retried until the API takes it
+        if part.dlq_unacked and self.health.dlq_troubled:
+            return "dlq"
+        if part.commit_failing or part.awaiting_since >= 0:
+            return "commit"
+        return None
 
     def _drop_gauges(self, tps: list[TP]) -> None:
         for tp in tps:

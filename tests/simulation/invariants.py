@@ -274,6 +274,9 @@ class Checker(Observer, ApiObserver):
             )
         self._fairness(worker)
         self._budget(worker)
+        live, why = worker.health.live()
+        if not live:
+            self.fail("liveness", f"/healthz would fail, and the pod restart: {why}")
 
     def _fairness(self, worker: Any) -> None:
         """A partition with a due batch and no request in flight waits for at most as many

@@ -26,7 +26,7 @@ def base_env(**extra: str) -> dict[str, str]:
         "KAFKA_GROUP_ID": "sim-group",
         "GR_API_KEY": "sim-key-0123456789",
         "GR_BASE_URL": "https://sim.invalid",
-        "GR_STALL_TIMEOUT_S": "0",
+        "GR_STALL_TIMEOUT_S": "60",
         **extra,
     }
 
@@ -96,10 +96,11 @@ class Rig:
         stop_after: float | None = None,
         assign: Callable[[list[int]], list[int]] | None = None,
         then: Callable[[Worker, SimConsumer], None] | None = None,
+        watch: Callable[[Worker], None] | None = None,
     ) -> Worker:
         """One worker process, from start to its stop (SIGTERM `stop_after` seconds in) or,
         for the last, to drained. `assign` picks the partitions it is given on joining;
-        `then` schedules what else happens to it (rebalances)."""
+        `then` schedules what else happens to it (rebalances); `watch` looks at it each turn."""
         world, cluster, checker, settings = self.world, self.cluster, self.checker, self.settings
         consumers: list[SimConsumer] = []
 
@@ -141,6 +142,8 @@ class Rig:
                 if then is not None:
                     then(worker, consumers[0])
             now = world.now
+            if watch is not None:
+                watch(worker)
             if now > limit_s:
                 raise Violation("progress", "not drained after an hour", now)
             if last and not stop_at and now - checked[0] > 0.2:

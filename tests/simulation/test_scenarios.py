@@ -4,6 +4,9 @@ broker for timing: the real-broker tests of the same paths are in tests/integrat
 
 from __future__ import annotations
 
+import pytest
+
+from consumer.worker import Worker
 from tests.simulation.records import Rec, event
 from tests.simulation.rig import Rig, base_env
 
@@ -70,3 +73,49 @@ def test_a_revoke_during_a_partly_accepted_search_commits_what_was_accepted() ->
     )
     rig.life(last=True)
     rig.checker.final(rig.cluster)
+
+
+@pytest.mark.parametrize(
+    "cause", ["api_down", "api_errors", "key_refused", "dlq_refuse", "coordinator"]
+)
+def test_waiting_outside_the_worker_never_fails_liveness(cause: str) -> None:
+    """40 s of the API down or failing, the key refused, the DLQ refusing, the coordinator
+    away, with GR_STALL_TIMEOUT_S at 10: /healthz once failed on every worker after the
+    stall timeout (Kubernetes restarted them all, a rebalance that fixed nothing). Waiting
+    on something outside shows in readiness and metrics instead."""
+    env = base_env(GR_STALL_TIMEOUT_S="10", GR_BATCH_LINGER_MS="0", GR_RETRY_MAX_S="5")
+    rig = Rig.make(4, env, 3, latency=(0.05, 0.1))
+    for p in range(3):
+        for o in range(2000):
+            rig.add(refused(p, o) if o % 400 == 7 else valid(p, o, poison=o % 97 == 3), 0.0)
+    for p in range(3):  # poison for the DLQ to refuse
+        rig.add(Rec(p, 2000, None, b"{not json", None, 0, "invalid_json", ""), 0.0)
+    target, on, off = {
+        "api_down": (rig.api, True, False),
+        "api_errors": (rig.api, 1.0, 0.0),
+        "key_refused": (rig.api, 403, 0),
+        "dlq_refuse": (rig.cluster, "refuse", "ok"),
+        "coordinator": (rig.cluster, False, True),
+    }[cause]
+    name = {
+        "api_down": "down",
+        "api_errors": "error_rate",
+        "key_refused": "key_refused",
+        "dlq_refuse": "dlq_mode",
+        "coordinator": "coordinator_up",
+    }[cause]
+    rig.world.at(0.5, lambda: setattr(target, name, on))
+    rig.world.at(40.5, lambda: setattr(target, name, off))
+    not_ready: list[str] = []
+
+    def watch(worker: Worker) -> None:
+        live, why = worker.health.live()
+        assert live, f"t={rig.world.now:.1f}s: /healthz failed: {why}"
+        ready, why = worker.health.ready()
+        if not ready:
+            not_ready.append(why)
+
+    rig.life(last=True, watch=watch)
+    rig.checker.final(rig.cluster)
+    if cause != "coordinator":
+        assert not_ready, "readiness never said what the worker waits on"
