@@ -30,14 +30,12 @@ from tenacity import RetryCallState, Retrying, wait_random_exponential
 from consumer import redaction
 from consumer.batching import Batch, Ref
 from consumer.errors import TransportError
-from consumer.events import Route
+from consumer.events import DETAIL_MAX_BYTES, Route
 from consumer.isolation import Isolation
 from consumer.jobs import DeliveryJob, DeliveryResult, Rejection
 from consumer.pacing import Pacer, RateLimitHeaders
 from consumer.policy import Action, decide, wait_after_429
 from consumer.s2s import Response
-
-MAX_DETAIL_BYTES = 1024
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ def _detail(resp: Response) -> str:
     # Scrubbed before it is cut or stripped (here, and to 300 characters for the log): a
     # cut first could leave the start of a secret the answer quotes, a strip its end.
     text = redaction.scrub(resp.body.decode("utf-8", "replace")).strip() or f"HTTP {resp.status}"
-    encoded = text.encode()[:MAX_DETAIL_BYTES]
+    encoded = text.encode()[:DETAIL_MAX_BYTES]
     return encoded.decode("utf-8", "ignore")
 
 

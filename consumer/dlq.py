@@ -28,15 +28,15 @@ from confluent_kafka import KafkaError, KafkaException
 from consumer import redaction
 from consumer.clock import SYSTEM, Clock
 from consumer.errors import DlqWriteError
+from consumer.events import DETAIL_MAX_BYTES
 
 log = logging.getLogger("consumer.dlq")
 
 DLQ_PREFIX = "gr.dlq."
-MAX_DETAIL_BYTES = 1024
 Headers = list[tuple[str, bytes | None]]  # a header's value may be null (Kafka allows it)
 
 
-def truncate_utf8(text: str, limit: int = MAX_DETAIL_BYTES) -> bytes:
+def truncate_utf8(text: str, limit: int = DETAIL_MAX_BYTES) -> bytes:
     """At most `limit` bytes, cut on a character boundary."""
     return text.encode("utf-8")[:limit].decode("utf-8", "ignore").encode("utf-8")
 

@@ -56,7 +56,6 @@ UNCOMMITTED = "uncommitted"
 DRAINING = "draining"
 # a commit unanswered for this long counts as refused: delivery holds
 COMMIT_ANSWER_S = 1.0
-PAUSE_CAUSES = (BUFFER_FULL, UNCOMMITTED, DRAINING)
 
 _OFFSET = itemgetter(0)  # Item.offset, read in C
 
@@ -91,11 +90,6 @@ class Part:
     # since when it has had work and neither moved nor waited on something outside the
     # worker (the API, the key, the DLQ, the coordinator): what liveness judges
     stuck_since: float = 0.0
-
-    @property
-    def settled(self) -> bool:
-        """Nothing in flight and no DLQ write unacknowledged."""
-        return self.in_flight is None and not self.dlq_unacked
 
     @property
     def holding(self) -> bool:
@@ -163,7 +157,6 @@ class Ledger:
         self.in_flight = 0
         self.granted = 0  # jobs handed out since the start (fairness checks count them)
         self.granted_at = 0.0  # when the last ones were
-        self.halted = False
         self.draining = False
         self._dirty: dict[TP, None] = {}  # a dict: commits go out in a fixed order
         self._next_commit_at = 0.0
@@ -334,15 +327,17 @@ class Ledger:
 
     # ---- delivery ----
 
-    def next_jobs(self, now: float, flush: bool, limit: int) -> list[DeliveryJob[Any]]:
+    def next_jobs(
+        self, now: float, flush: bool, limit: int, *, halted: bool = False
+    ) -> list[DeliveryJob[Any]]:
         """Batches to send now: one in flight per partition, `limit` in all, the partitions
         taken in turn (`scheduler`), so none starves when slots are fewer than partitions.
 
-        While the key is refused only one job goes out, to probe it: the
-        halt lifts when a probe succeeds, even after a rebalance cancelled
-        the jobs that were probing.
+        While the key is refused (`halted`: readiness holds that, `observe.Health`)
+        only one job goes out, to probe it: the halt lifts when a probe succeeds,
+        even after a rebalance cancelled the jobs that were probing.
         """
-        if self.halted:
+        if halted:
             limit = 1
         room = limit - self.in_flight
         if room <= 0:
@@ -464,12 +459,6 @@ class Ledger:
             part.offsets.finish_many(map(_OFFSET, result.accepted))
             self._dirty[part.tp] = None
         return result.rejected
-
-    def key_halted(self) -> None:
-        self.halted = True
-
-    def key_ok(self) -> None:
-        self.halted = False
 
     # ---- commits ----
 
@@ -593,9 +582,6 @@ class Ledger:
     def busy(self) -> bool:
         """Anything left to deliver or to acknowledge."""
         return any(p.holding for p in self.parts.values())
-
-    def unsettled(self, tps: Iterable[TP]) -> bool:
-        return any(not p.settled for tp in tps if (p := self.parts.get(tp)) is not None)
 
     @property
     def paused_count(self) -> int:

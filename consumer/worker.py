@@ -21,35 +21,22 @@ import signal
 import threading
 from collections import Counter
 from collections.abc import Callable
-from itertools import groupby, repeat
-from operator import attrgetter
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from consumer import dispatch
-from consumer.batching import Item
+from consumer import dispatch, intake
 from consumer.clock import SYSTEM, Clock
 from consumer.config import Settings
 from consumer.dlq import DlqRecord, DlqWriter, Source, dlq_headers
 from consumer.errors import WorkerFailedError
-from consumer.events import EventDecoder, Poison, Route, Valid
+from consumer.events import EventDecoder
 from consumer.kafka_config import consumer_config, producer_config
 from consumer.ledger import TP, Actions, Ledger, Part
 from consumer.observe import Health, Metrics
 
 log = logging.getLogger("consumer.worker")
-# For the column-wise ingest: C functions `map` can call without Python frames.
-# Typed for records without an error (the only ones they are used on; a
-# None value decodes to poison, which goes record by record).
-_M_PARTITION: Callable[[Message], int] = cast(Any, Message.partition)
-_M_TOPIC: Callable[[Message], str] = cast(Any, Message.topic)
-_M_ERROR = Message.error
-_M_VALUE: Callable[[Message], bytes] = cast(Any, Message.value)
-_M_OFFSET: Callable[[Message], int] = cast(Any, Message.offset)
-_ROUTE = attrgetter("route")
-_new_tuple = tuple.__new__
 
 _CONSUME_BATCH = 200
 _IDLE_POLL_S = 0.1
@@ -217,8 +204,7 @@ class Worker:
         if messages:
             self._ingest(messages, now)
         self._collect(now)
-        led.halted = self.health.halted
-        jobs = led.next_jobs(now, flush, self.settings.max_in_flight)
+        jobs = led.next_jobs(now, flush, self.settings.max_in_flight, halted=self.health.halted)
         if jobs:
             self._dispatch.send(jobs)
         self._serve_dlq(0)
@@ -235,111 +221,31 @@ class Worker:
     # ---- records in ----
 
     def _ingest(self, messages: list[Any], now: float) -> None:
-        """Decode a fetch and hand it to the batchers, a run of one partition at a time.
+        """A fetch, as runs of one partition (`intake`), told to the ledger; poison to the DLQ.
 
-        librdkafka hands out records in runs of one partition. A run with no
-        error and no poison in it (the usual case) is handled column-wise, by
-        `map` over C functions: only the decoder runs Python code per record.
-        Anything else goes record by record. This is most of the worker's CPU.
+        A poison record read again (librdkafka fetching from an earlier position, or
+        this worker delivered past it before a loss) is not dead-lettered twice: that
+        is asked before the run is read, since reading moves what counts as read.
         """
+        led = self._ledger
+        parts = led.parts
+        runs, errors = intake.split(
+            messages, self._decoder.decode, now, lambda t, p: (t, p) in parts
+        )
+        for err in errors:
+            self._kafka_error(err)
         counts: dict[str, int] = {}
-        decode = self._decoder.decode
-        parts = self._ledger.parts
-        for partition, group in groupby(messages, _M_PARTITION):
-            run = list(group)
-            topics = set(map(_M_TOPIC, run))
-            if len(topics) != 1 or any(map(_M_ERROR, run)):
-                self._ingest_records(run, None, now, counts)
-                continue
-            (topic,) = topics
-            st = parts.get((topic, partition))
-            if st is None:
-                continue  # stragglers from a partition we no longer own
-            values = list(map(_M_VALUE, run))
-            decoded = list(map(decode, values))
-            if any(map(isinstance, decoded, repeat(Poison))):
-                self._ingest_records(run, decoded, now, counts)
-                continue
-            offsets = list(map(_M_OFFSET, run))
-            routes = list(map(_ROUTE, decoded))
-            items = list(
-                map(_new_tuple, repeat(Item), zip(offsets, values, routes, run, repeat(now)))
-            )
-            sessions = len(routes) - routes.count(Route.BATCH)
-            self._hand_over(st, offsets, items, sum(map(len, values)), sessions)
-            counts[topic] = counts.get(topic, 0) + len(run)
+        for run in runs:
+            part = parts[(run.topic, run.partition)]
+            fresh = [(m, p) for o, m, p in run.poison if not led.held_already(part, o)]
+            if run.offsets:
+                led.records_read(part, run.offsets, run.items, run.nbytes, run.sessions)
+            for msg, poison in fresh:
+                self._dead_letter(part.tp, part.generation, msg, poison.reason, poison.detail)
+            counts[run.topic] = counts.get(run.topic, 0) + len(run.offsets)
         for topic, n in counts.items():
             self.metrics.events_consumed.labels(topic).inc(n)
             self.stats["consumed"] += n
-
-    def _ingest_records(
-        self,
-        messages: list[Any],
-        decoded: list[Valid | Poison] | None,
-        now: float,
-        counts: dict[str, int],
-    ) -> None:
-        """Record by record: Kafka errors, poison (dead-lettered in read order), stragglers."""
-        parts = self._ledger.parts
-        decode = self._decoder.decode
-        batch_route = Route.BATCH
-        run_st: Part | None = None
-        run_topic = ""
-        run_partition = -1
-        offsets: list[int] = []
-        items: list[Item[Message]] = []
-        run_bytes = 0
-        sessions = 0
-        for index, msg in enumerate(messages):
-            if msg.error() is not None:
-                self._kafka_error(msg.error())
-                continue
-            partition = msg.partition()
-            topic = msg.topic()
-            if partition != run_partition or topic != run_topic:
-                if run_st is not None:
-                    self._hand_over(run_st, offsets, items, run_bytes, sessions)
-                    counts[run_topic] = counts.get(run_topic, 0) + len(offsets)
-                run_st = parts.get((topic, partition))
-                run_topic, run_partition = topic, partition
-                offsets, items, run_bytes, sessions = [], [], 0, 0
-            if run_st is None:
-                continue  # a straggler from a partition we no longer own
-            offset = msg.offset()
-            offsets.append(offset)
-            value = msg.value()
-            result = decode(value) if decoded is None else decoded[index]
-            if isinstance(result, Poison):
-                held = self._ledger.held_already(run_st, offset)
-                # the run so far goes first: the DLQ ack may finish this offset at once
-                self._hand_over(run_st, offsets, items, run_bytes, sessions)
-                counts[topic] = counts.get(topic, 0) + len(offsets)
-                offsets, items, run_bytes, sessions = [], [], 0, 0
-                if not held:
-                    self._dead_letter(
-                        run_st.tp, run_st.generation, msg, result.reason, result.detail
-                    )
-                continue
-            route = result.route
-            if route is not batch_route:
-                sessions += 1
-            run_bytes += len(value)
-            items.append(_new_tuple(Item, (offset, value, route, msg, now)))
-        if run_st is not None:
-            self._hand_over(run_st, offsets, items, run_bytes, sessions)
-            counts[run_topic] = counts.get(run_topic, 0) + len(offsets)
-
-    def _hand_over(
-        self,
-        st: Part,
-        offsets: list[int],
-        items: list[Item[Message]],
-        nbytes: int,
-        sessions: int,
-    ) -> None:
-        """A run of read records: all their offsets, the valid ones to the batcher."""
-        if offsets:
-            self._ledger.records_read(st, offsets, items, nbytes, sessions)
 
     def _kafka_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:

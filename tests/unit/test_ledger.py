@@ -92,16 +92,15 @@ def test_halted_key_sends_one_probe_even_after_a_rebalance_cancelled_it() -> Non
     led.assigned([P0, P1], 0.0)
     read(led, P0, list(range(30)))
     read(led, P1, list(range(30)))
-    led.halted = True
-    (probe,) = led.next_jobs(1.0, True, 8)
-    assert led.next_jobs(1.0, True, 8) == []  # one probe at a time
+    (probe,) = led.next_jobs(1.0, True, 8, halted=True)
+    assert led.next_jobs(1.0, True, 8, halted=True) == []  # one probe at a time
     led.revoked([probe.key], 1.5)
     assert probe.cancelled
     assert led.result(DeliveryResult(probe, abandoned=True), 1.6) is None
     led.assigned([probe.key], 2.0)
     read(led, probe.key, list(range(30, 40)))
-    assert len(led.next_jobs(2.1, True, 8)) == 1  # probing again, nothing to lift it otherwise
-    led.halted = False
+    # probing again, nothing to lift it otherwise
+    assert len(led.next_jobs(2.1, True, 8, halted=True)) == 1
     assert len(led.next_jobs(2.2, True, 8)) == 1  # the other partition
 
 
