@@ -161,12 +161,15 @@ class Ledger:
         self._dirty: dict[TP, None] = {}  # a dict: commits go out in a fixed order
         self._next_commit_at = 0.0
         self._held = 0  # partitions newly paused for `uncommitted`, for the metric
+        # something `flow` looks at changed since it last ran (it is asked every loop turn)
+        self._flow_stale = True
 
     # ---- rebalances ----
 
     def assigned(self, tps: Iterable[TP], now: float) -> Actions:
         """New partitions. Each is resumed (librdkafka keeps a pause flag from before a
         loss), or paused when draining; one lost lately gets its watermark back."""
+        self._flow_stale = True
         act = Actions()
         for tp in tps:
             if tp in self.parts:
@@ -233,6 +236,7 @@ class Ledger:
         return self._forget(tps, now)
 
     def _forget(self, tps: Iterable[TP], now: float) -> list[Part]:
+        self._flow_stale = True
         gone = []
         for tp in tps:
             part = self.parts.pop(tp, None)
@@ -267,6 +271,7 @@ class Ledger:
         self, part: Part, offsets: list[int], items: list[Item[Any]], nbytes: int, sessions: int
     ) -> None:
         """A run of records of one partition, in order: all offsets, the valid events."""
+        self._flow_stale = True
         first = offsets[0]
         last = part.offsets.last_read
         if part.floor > first or (last is not None and first <= last):
@@ -304,6 +309,7 @@ class Ledger:
     def dlq_sent(self, tp: TP, generation: int, nbytes: int) -> bool:
         """A record of this partition went to the DLQ writer, holding `nbytes` until
         acknowledged: it counts toward the memory bound and the run-ahead bound."""
+        self._flow_stale = True
         part = self.parts.get(tp)
         if part is None or part.generation != generation:
             return False
@@ -313,6 +319,7 @@ class Ledger:
         return True
 
     def dlq_acked(self, tp: TP, generation: int, offset: int, nbytes: int) -> None:
+        self._flow_stale = True
         part = self.parts.get(tp)
         if part is None or part.generation != generation:
             gone = self._gone.get(tp)
@@ -380,6 +387,7 @@ class Ledger:
             self.in_flight += len(jobs)
             self.granted += len(jobs)
             self.granted_at = now
+            self._flow_stale = True
         return jobs
 
     @staticmethod
@@ -415,8 +423,10 @@ class Ledger:
             if UNCOMMITTED not in part.reasons:
                 part.reasons.add(UNCOMMITTED)
                 self._held += 1
-        else:
+                self._flow_stale = True
+        elif UNCOMMITTED in part.reasons:
             part.reasons.discard(UNCOMMITTED)
+            self._flow_stale = True
 
     def next_due_in(self, now: float, cap: float) -> float:
         """How long the loop may wait for records before a batch is due."""
@@ -430,6 +440,7 @@ class Ledger:
 
     def result(self, result: DeliveryResult[Any], now: float) -> list[Rejection[Any]] | None:
         """A job came back. Returns its rejections to dead-letter, None when it no longer counts."""
+        self._flow_stale = True
         job = result.job
         self.in_flight -= 1
         part = self.parts.get(job.key)
@@ -483,6 +494,7 @@ class Ledger:
         return out
 
     def commit_result(self, tp: TP, offset: int, ok: bool, now: float) -> None:
+        self._flow_stale = True
         part = self.parts.get(tp)
         if part is None:
             return
@@ -509,6 +521,7 @@ class Ledger:
     def sweep(self, now: float, waiting_outside: Callable[[Part], bool] | None = None) -> None:
         """Once a second: commits sent long ago without an answer are due again; a
         partition idle, or waiting on something outside the worker, is not stuck."""
+        self._flow_stale = True  # and the pauses are looked at again, whatever happened
         for tp, part in self.parts.items():
             if part.offsets.needs_commit() is not None:
                 if part.commit_sent >= 0 and now - part.commit_sent_at > 2.0:
@@ -538,8 +551,9 @@ class Ledger:
         (that reason is set and lifted as batches go out and commits are answered)."""
         act = Actions()
         parts = self.parts
-        if not parts or self.draining:
+        if not parts or self.draining or not self._flow_stale:
             return act
+        self._flow_stale = False
         cap_total = self.max_buffered_bytes
         over_total = self.buffered_bytes >= cap_total
         cap_bytes = max(self._max_bytes, min(40 * self._max_bytes, cap_total // len(parts)))

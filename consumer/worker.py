@@ -42,6 +42,7 @@ _CONSUME_BATCH = 200
 _IDLE_POLL_S = 0.1
 _BUSY_POLL_S = 0.005
 _REVOKE_WAIT_S = 15.0
+_REVOKE_COMMIT_S = 5.0  # after the wait, for the revoke's commit to be confirmed
 _SWEEP_S = 1.0
 # Of the stop budget (GR_SHUTDOWN_TIMEOUT_S), what is kept for leaving the group
 # and flushing the DLQ after the drain.
@@ -368,14 +369,35 @@ class Worker:
         except KafkaException as exc:
             self._commit_failed(targets, str(exc))
 
-    def _commit_sync(self, consumer: Any, targets: list[tuple[TP, int]]) -> bool:
-        """Commit and wait; True when every partition's commit was confirmed."""
-        try:
-            result = consumer.commit(offsets=_tps(targets), asynchronous=False)
-        except KafkaException as exc:
-            self._commit_failed(targets, str(exc))
-            return False
-        return self._on_commit(None, result or [])
+    def _commit_confirmed(
+        self, consumer: Any, targets: list[tuple[TP, int]], deadline: float
+    ) -> bool:
+        """Commit, and wait until the group holds it or `deadline`; True when it does.
+
+        Not librdkafka's synchronous commit: that waits for an absent coordinator as
+        long as it takes (no timeout), and inside a rebalance callback nothing else
+        can run meanwhile, a SIGTERM included. The commit goes out asynchronously and
+        the group's offsets are asked for, each question with its own timeout (the
+        coordinator answers a connection's requests in order).
+        """
+        self._commit_async(consumer, targets)
+        want = dict(targets)
+        asked = [TopicPartition(*tp) for tp in want]
+        while (left := deadline - self._now()) > 0:
+            try:
+                found = consumer.committed(asked, max(0.01, min(left, 2.0)))
+            except KafkaException:
+                continue  # the coordinator away: ask again while there is time
+            held = [
+                t for t in found if t.error is None and t.offset >= want[(t.topic, t.partition)]
+            ]
+            if len(held) == len(want):
+                now = self._now()
+                for t in held:
+                    self._ledger.commit_result((t.topic, t.partition), t.offset, True, now)
+                return True
+            self._clock.sleep(min(0.02, max(0.0, deadline - self._now())))
+        return False
 
     def _commit_failed(self, targets: list[tuple[TP, int]], error: str) -> None:
         self.metrics.commits.labels("error").inc()
@@ -482,16 +504,14 @@ class Worker:
         started = self._clock.monotonic()
         self._settle(tps, lambda: self._revoke_deadline(started))
         targets = led.revoke_targets(tps)
-        if targets:
-            if self._stop_at is not None:
-                # stopping: never block past the budget (a synchronous commit waits for an
-                # absent coordinator as long as it takes); the final commit waited already
-                self._commit_async(consumer, targets)
-            elif not self._commit_sync(consumer, targets):
-                log.warning(
-                    "commit before revoke failed; the new owner may resend",
-                    extra={"count": len(targets)},
-                )
+        until = self._revoke_deadline(started) + _REVOKE_COMMIT_S
+        if self._stop_at is not None:
+            until = min(until, self._deadline - self._close_reserve / 2)
+        if targets and not self._commit_confirmed(consumer, targets, until):
+            log.warning(
+                "commit before revoke not confirmed; the new owner may resend",
+                extra={"count": len(targets)},
+            )
         self._let_go(tps, lost=False)
 
     def _revoke_deadline(self, started: float) -> float:
