@@ -96,16 +96,16 @@ def run(
     n_parts = rng.choice((1, 2, 3, 4, 6, 8, 12, 12, 16))
     n_records = int(rng.randint(30, 500) * scale)
     arrivals = rng.choice(("backlog", "backlog", "stream", "bursts"))
-    stream_s = rng.uniform(5, 120)
-    bursts = sorted(rng.uniform(0, 120) for _ in range(rng.randint(1, 3)))
+    stream_s = rng.uniform(5, 90)
+    bursts = sorted(rng.uniform(0, 90) for _ in range(rng.randint(1, 3)))
     limit = rng.choice((None, None, 30, 60, 100, 1000))
     window_s = rng.choice((10.0, 60.0))
     faults: list[_Fault] = []
     for _ in range(rng.choice((0, 1, 2, 3, 5, 8))):
-        start = rng.uniform(0, 100)
-        faults.append(_Fault(rng.choice(_FAULT_KINDS), start, start + rng.uniform(2, 45)))
+        start = rng.uniform(0, 60)
+        faults.append(_Fault(rng.choice(_FAULT_KINDS), start, start + rng.uniform(2, 40)))
     lives = rng.choice((1, 1, 2, 3))
-    life_s = [rng.uniform(3, 90) for _ in range(lives - 1)]
+    life_s = [rng.uniform(3, 60) for _ in range(lives - 1)]
     rebalances = rng.choice((0, 0, 2, 5))
     rig = Rig.make(
         seed,
