@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer import dispatch, observe
 from consumer.worker import Worker
 from gr_devtools import samples
 from gr_devtools.kafka_local import create_topic
@@ -184,20 +185,46 @@ def test_the_whole_stop_fits_the_shutdown_timeout(
     assert took <= timeout_s + 0.5, worker.log()[-3000:]  # the slack: signal delivery
 
 
-def test_liveness_fails_while_a_partition_with_work_commits_nothing(
+def test_an_api_outage_longer_than_the_stall_timeout_keeps_liveness(
     bootstrap: str,
     make_topic: TopicFactory,
     simulator: Simulator,
     make_settings: SettingsFactory,
     start_worker: Callable[..., RunningWorker],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Waiting on the API is not a stall a restart could end: /healthz stays up (every
+    worker restarted at once used to, a rebalance that fixed nothing); /readyz and
+    gr_partitions_waiting say what it waits on."""
+    monkeypatch.setattr(observe, "API_FAILING_S", 1.0)
     topic = _topic_with_events(bootstrap, make_topic, 1, 2000, seed=35)
     simulator.set_outage(True)  # read, never delivered: nothing to commit
     rw = start_worker(make_settings(topic, GR_STALL_TIMEOUT_S="3"))
-    wait_for(lambda: not rw.health.live()[0], 30, "liveness failing")
-    assert "committed nothing" in rw.health.live()[1]
+    wait_for(lambda: "API failing" in rw.health.ready()[1], 30, "readiness saying why")
+    time.sleep(5)
+    assert rw.health.live()[0]
     age = _count(rw.worker, "gr_partition_last_commit_age_seconds", topic=topic, partition="0")
     assert age > 3
+    assert _count(rw.worker, "gr_partitions_waiting", cause="api") == 1
     simulator.set_outage(False)
-    wait_for(lambda: rw.health.live()[0], 30, "alive again once it commits")
+    wait_for(lambda: rw.health.ready()[0], 30, "ready again once it delivers")
     assert rw.stop() == 0
+
+
+def test_liveness_fails_for_a_partition_stuck_with_nothing_outside_holding_it(
+    bootstrap: str,
+    make_topic: TopicFactory,
+    simulator: Simulator,
+    make_settings: SettingsFactory,
+    start_worker: Callable[..., RunningWorker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job lost by a bug (the ledger thinks it in flight, nothing delivers it): only a
+    restart ends that, and liveness says so."""
+    topic = _topic_with_events(bootstrap, make_topic, 1, 2000, seed=36)
+    monkeypatch.setattr(dispatch.Dispatcher, "send", lambda self, jobs: None)
+    rw = start_worker(make_settings(topic, GR_STALL_TIMEOUT_S="3"))
+    wait_for(lambda: not rw.health.live()[0], 30, "liveness failing")
+    assert "committed nothing" in rw.health.live()[1]
+    assert rw.health.ready()[0]  # nothing outside is wrong
+    rw.worker.request_stop()
