@@ -164,7 +164,7 @@ class Settings:
     retry_initial_s: float = 0.2
     retry_max_s: float = 30.0
     shutdown_timeout_s: float = 30.0
-    max_uncommitted_events: int = 5_000
+    max_uncommitted_events: int = 200
     stall_timeout_s: float = 900.0
     log_level: str = "INFO"
     log_format: str = "json"
@@ -532,7 +532,7 @@ def _load(env: Mapping[str, str], api_key: ApiKeySource | None) -> Settings:
         retry_initial_s=retry_initial,
         retry_max_s=_float(env, "GR_RETRY_MAX_S", 30.0, retry_initial, 3600),
         shutdown_timeout_s=_float(env, "GR_SHUTDOWN_TIMEOUT_S", 30.0, 0.0, 3600),
-        max_uncommitted_events=_int(env, "GR_MAX_UNCOMMITTED_EVENTS", 5_000, 1, 10_000_000),
+        max_uncommitted_events=_int(env, "GR_MAX_UNCOMMITTED_EVENTS", 200, 1, 10_000_000),
         stall_timeout_s=_float(env, "GR_STALL_TIMEOUT_S", 900.0, 0.0, 86_400),
         log_level=_choice(env, "GR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         log_format=_choice(env, "GR_LOG_FORMAT", "json", ("json", "text")),
