@@ -13,6 +13,8 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import pytest
+
 from tests.simulation.scenario import run
 
 SEEDS = int(os.environ.get("GR_SIM_SEEDS", "2000"))
@@ -25,6 +27,7 @@ def _run(seed: int) -> tuple[bool, str, int]:
     return out.ok, out.line(), out.steps
 
 
+@pytest.mark.timeout(1200)
 def test_every_seed_keeps_every_invariant() -> None:
     started = time.monotonic()
     seeds = range(START, START + SEEDS)
