@@ -10,6 +10,7 @@ request in flight per partition, so the API sees each partition in order.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import itemgetter
@@ -46,6 +47,7 @@ class Item(NamedTuple, Generic[Ref]):
     route: Route
     ref: Ref
     arrived: float
+    key: bytes | None = None  # the record's Kafka key: what key order is kept by
 
 
 _RAW = itemgetter(1)  # Item.raw, read in C
@@ -147,8 +149,15 @@ class PartitionBatcher(Generic[Ref]):
             return 0.0
         return max(0.0, self._items[0].arrived + self._linger_s - now)
 
-    def take(self, now: float, flush: bool = False) -> Batch[Ref] | None:
-        """The next request if it is due (or `flush`), removed from the queue."""
+    def take_sessions(self, _busy: Collection[bytes | None], _limit: int) -> list[Item[Ref]]:
+        """Partition order sends a session event in turn, as `take` cuts it: none beside."""
+        return []
+
+    def take(
+        self, now: float, flush: bool = False, _busy: Collection[bytes | None] = ()
+    ) -> Batch[Ref] | None:
+        """The next request if it is due (or `flush`), removed from the queue (`_busy` is
+        for key order's batcher: partition order keeps one request in flight)."""
         due = self.due_in(now)
         if due is None or (due > 0 and not flush):
             return None

@@ -168,6 +168,7 @@ class Settings:
     stall_timeout_s: float = 900.0
     log_level: str = "INFO"
     log_format: str = "json"
+    ordering: str = "key"
 
     def consumes(self, topic: str) -> bool:
         """Whether the service reads `topic`: named in KAFKA_TOPICS, or matched by one of
@@ -536,4 +537,5 @@ def _load(env: Mapping[str, str], api_key: ApiKeySource | None) -> Settings:
         stall_timeout_s=_float(env, "GR_STALL_TIMEOUT_S", 900.0, 0.0, 86_400),
         log_level=_choice(env, "GR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         log_format=_choice(env, "GR_LOG_FORMAT", "json", ("json", "text")),
+        ordering=_choice(env, "GR_ORDERING", "key", ("key", "partition")),
     )

@@ -28,6 +28,7 @@ _M_TOPIC: Callable[[Message], str] = cast(Any, Message.topic)
 _M_ERROR = Message.error
 _M_VALUE: Callable[[Message], bytes] = cast(Any, Message.value)
 _M_OFFSET: Callable[[Message], int] = cast(Any, Message.offset)
+_M_KEY: Callable[[Message], bytes | None] = cast(Any, Message.key)
 _ROUTE = attrgetter("route")
 _new_tuple = tuple.__new__
 
@@ -69,8 +70,9 @@ def split(
             continue
         offsets = list(map(_M_OFFSET, batch))
         routes = list(map(_ROUTE, decoded))
+        keys = map(_M_KEY, batch)
         items = list(
-            map(_new_tuple, repeat(Item), zip(offsets, values, routes, batch, repeat(now)))
+            map(_new_tuple, repeat(Item), zip(offsets, values, routes, batch, repeat(now), keys))
         )
         sessions = len(routes) - routes.count(Route.BATCH)
         runs.append(Run(topic, partition, offsets, items, sum(map(len, values)), sessions))
@@ -114,4 +116,4 @@ def _by_record(
             run.sessions += 1
         raw = cast(bytes, value)
         run.nbytes += len(raw)
-        run.items.append(_new_tuple(Item, (offset, raw, result.route, msg, now)))
+        run.items.append(_new_tuple(Item, (offset, raw, result.route, msg, now, msg.key())))

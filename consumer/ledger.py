@@ -38,6 +38,7 @@ When is it safe to commit? The commit sequence, step by step:
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -46,6 +47,7 @@ from typing import Any
 from consumer.batching import Batch, Item, PartitionBatcher
 from consumer.events import Route
 from consumer.jobs import DeliveryJob, DeliveryResult, Rejection
+from consumer.key_order import KeyOrderBatcher
 from consumer.offsets import PartitionOffsets
 from consumer.scheduler import RoundRobin
 
@@ -66,10 +68,17 @@ class Part:
 
     tp: TP
     generation: int
-    batcher: PartitionBatcher[Any]
+    batcher: PartitionBatcher[Any] | KeyOrderBatcher[Any]
     assigned_at: float
     offsets: PartitionOffsets = field(default_factory=PartitionOffsets)
-    in_flight: DeliveryJob[Any] | None = None
+    in_flight: DeliveryJob[Any] | None = None  # its batch request
+    # key order: session requests in flight beside the batch, and the keys of every
+    # event in flight (their later events wait)
+    sessions: list[DeliveryJob[Any]] = field(default_factory=list)
+    busy_keys: Counter[bytes | None] = field(default_factory=Counter)
+    # key order: a batch is due but every event waiting has a key in flight; nothing
+    # can go before an answer comes back (so the loop need not wake for it)
+    blocked: bool = False
     retry_batch: Batch[Any] | None = None
     retry_at: float = 0.0
     # records waiting for the DLQ's acknowledgement (held by the DLQ writer): how many, what size
@@ -92,10 +101,19 @@ class Part:
     stuck_since: float = 0.0
 
     @property
+    def jobs(self) -> list[DeliveryJob[Any]]:
+        """Every request of this partition in flight."""
+        jobs = list(self.sessions)
+        if self.in_flight is not None:
+            jobs.append(self.in_flight)
+        return jobs
+
+    @property
     def holding(self) -> bool:
         """Anything left to deliver."""
         return bool(
             self.in_flight is not None
+            or self.sessions
             or self.retry_batch is not None
             or self.batcher.pending_events
             or self.dlq_unacked
@@ -137,6 +155,7 @@ class Ledger:
         commit_interval_s: float = 0.075,
         remember_s: float = 300.0,
         part_cap_events: int | None = None,
+        ordering: str = "key",
     ) -> None:
         self._max_events = batch_max_events
         self._max_bytes = batch_max_bytes
@@ -144,6 +163,8 @@ class Ledger:
         self.max_buffered_bytes = max_buffered_bytes
         self.max_uncommitted = max_uncommitted
         self._commit_interval = commit_interval_s
+        # the order kept: each key's (`key_order`) or the whole partition's (`batching`)
+        self._key_order = ordering == "key"
         self._remember_s = remember_s
         # Pausing a partition makes librdkafka drop what it prefetched for it,
         # so pauses must be rare in normal flow: forty batches per partition
@@ -175,10 +196,15 @@ class Ledger:
             if tp in self.parts:
                 continue
             self._generation += 1
+            batcher: PartitionBatcher[Any] | KeyOrderBatcher[Any] = (
+                KeyOrderBatcher(self._max_events, self._max_bytes, self._linger_s)
+                if self._key_order
+                else PartitionBatcher(self._max_events, self._max_bytes, self._linger_s)
+            )
             part = Part(
                 tp,
                 self._generation,
-                PartitionBatcher(self._max_events, self._max_bytes, self._linger_s),
+                batcher,
                 now,
                 last_progress=now,
                 stuck_since=now,
@@ -244,10 +270,9 @@ class Ledger:
                 continue
             self._turns.discard(tp)
             self._dirty.pop(tp, None)
-            job = part.in_flight
-            if job is not None:
+            for job in part.jobs:
                 # still counted in flight until the dispatcher gives it back; the
-                # worker cancels it (`in_flight` stays set on the part it gets back)
+                # worker cancels it (the jobs stay set on the part it gets back)
                 job.cancelled = True
                 self.buffered_bytes -= job.batch.payload_bytes
             if part.retry_batch is not None:
@@ -279,6 +304,7 @@ class Ledger:
             if not offsets:
                 return
         part.offsets.read_many(offsets)
+        part.blocked = False
         if items:
             part.batcher.add_many(items, nbytes, sessions)
             self.buffered_bytes += nbytes
@@ -354,34 +380,70 @@ class Ledger:
         draining = self.draining
         parts = self.parts
         turns = self._turns
+        key_order = self._key_order
         for tp in turns:
             part = parts[tp]
-            if part.in_flight is not None:
+            if part.in_flight is not None and not (key_order and part.batcher.pending_events):
                 continue
             batch = part.retry_batch
             if batch is None and not part.batcher.pending_events:
                 continue  # nothing to send: not worth a look at its commits
             if (
-                not draining
-                and (UNCOMMITTED in part.reasons or self._too_far_ahead(part, ahead_cap, now))
+                (
+                    self._commits_stuck(part, now)  # the drain too: delivering more is waste
+                    if draining
+                    else UNCOMMITTED in part.reasons or self._too_far_ahead(part, ahead_cap, now)
+                )
                 and not self._unblocks(part, batch)
             ):
                 self._hold(part, now)  # a commit's answer or the sweep lifts it
+                if key_order:
+                    head = self._commit_head(part)
+                    if head is not None:
+                        jobs.append(head)
+                        room -= 1
+                        turns.served(tp)
+                        if room <= 0:
+                            break
                 continue
-            if batch is not None:
-                if now < part.retry_at:
-                    continue
-                part.retry_batch = None
-            else:
-                batch = part.batcher.take(now, flush)
-                if batch is None:
-                    continue
-            job: DeliveryJob[Any] = DeliveryJob(part.tp, batch, part.generation)
-            part.in_flight = job
-            turns.served(tp)
-            jobs.append(job)
-            room -= 1
-            if room == 0:
+            served = False
+            if part.in_flight is None:
+                if batch is not None:
+                    if now >= part.retry_at:
+                        part.retry_batch = None
+                    else:
+                        batch = None
+                else:
+                    batch = part.batcher.take(now, flush, part.busy_keys)
+                if batch is not None:
+                    job: DeliveryJob[Any] = DeliveryJob(part.tp, batch, part.generation)
+                    part.in_flight = job
+                    if key_order:
+                        part.busy_keys.update(item.key for item in batch.items)
+                    jobs.append(job)
+                    room -= 1
+                    served = True
+            if key_order and room > 0:
+                # session events free to go, each beside the batch request
+                for item in part.batcher.take_sessions(part.busy_keys, room):
+                    job = DeliveryJob(
+                        part.tp, Batch(item.route, [item], len(item.raw)), part.generation
+                    )
+                    part.sessions.append(job)
+                    part.busy_keys[item.key] += 1
+                    jobs.append(job)
+                    room -= 1
+                    served = True
+                # a batch due with every event's key in flight: nothing goes before an
+                # answer comes back, so the loop need not wake for it until then
+                part.blocked = (
+                    not served
+                    and part.in_flight is None
+                    and (flush or part.batcher.due_in(now) == 0)
+                )
+            if served:
+                turns.served(tp)
+            if room <= 0:
                 break
         if jobs:
             self.in_flight += len(jobs)
@@ -389,6 +451,21 @@ class Ledger:
             self.granted_at = now
             self._flow_stale = True
         return jobs
+
+    @staticmethod
+    def _release(part: Part, job: DeliveryJob[Any]) -> bool:
+        """The job is no longer in flight for this partition; False if it was not its own."""
+        if part.in_flight is job:
+            part.in_flight = None
+        elif job in part.sessions:
+            part.sessions.remove(job)
+        else:
+            return False
+        if part.busy_keys:
+            part.busy_keys.subtract(item.key for item in job.batch.items)
+            part.busy_keys = +part.busy_keys  # drop the keys with nothing left in flight
+        part.blocked = False
+        return True
 
     @staticmethod
     def _unblocks(part: Part, retry: Batch[Any] | None) -> bool:
@@ -400,6 +477,44 @@ class Ledger:
             return False
         first = retry.items[0].offset if retry is not None else part.batcher.head_offset
         return first is not None and first == offsets.committable
+
+    @staticmethod
+    def _commit_head(part: Part) -> DeliveryJob[Any] | None:
+        """Key order, held at the run-ahead bound with nothing left to commit: the one event
+        the commit waits for goes alone (in key order it may wait anywhere in the queue,
+        and it is always free to go: nothing of its key is earlier)."""
+        offsets = part.offsets
+        if offsets.needs_commit() is not None or offsets.committable is None:
+            return None
+        batcher = part.batcher
+        if not isinstance(batcher, KeyOrderBatcher):
+            return None
+        session = part.in_flight is not None  # only a session event may go beside a batch
+        item = batcher.take_offset(offsets.committable)
+        if item is None:
+            return None
+        if session and item.route is Route.BATCH:
+            batcher.push_front([item])
+            return None
+        job: DeliveryJob[Any] = DeliveryJob(
+            part.tp, Batch(item.route, [item], len(item.raw)), part.generation
+        )
+        if item.route is Route.BATCH:
+            part.in_flight = job
+        else:
+            part.sessions.append(job)
+        part.busy_keys[item.key] += 1
+        return job
+
+    @staticmethod
+    def _commits_stuck(part: Part, now: float) -> bool:
+        """Its commits are refused, or one has gone unanswered past `COMMIT_ANSWER_S`,
+        while something delivered waits for one."""
+        if not part.offsets.finished_uncommitted:
+            return False
+        return part.commit_failing or (
+            part.awaiting_since >= 0 and now - part.awaiting_since > COMMIT_ANSWER_S
+        )
 
     @staticmethod
     def _too_far_ahead(part: Part, cap: int, now: float) -> bool:
@@ -432,7 +547,7 @@ class Ledger:
         """How long the loop may wait for records before a batch is due."""
         wait = cap
         for part in self.parts.values():
-            if part.in_flight is None:
+            if part.in_flight is None and not part.blocked:
                 due = part.batcher.due_in(now)
                 if due is not None and due < wait:
                     wait = due
@@ -444,13 +559,12 @@ class Ledger:
         job = result.job
         self.in_flight -= 1
         part = self.parts.get(job.key)
-        if part is None or part.generation != job.generation or part.in_flight is not job:
+        if part is None or part.generation != job.generation or not self._release(part, job):
             gone = self._gone.get(job.key)
             if gone is not None and gone.part.generation == job.generation and result.accepted:
                 # delivered after the partition went: it counts for the watermark kept
                 gone.part.offsets.finish_many(map(_OFFSET, result.accepted))
             return None
-        part.in_flight = None
         if result.abandoned:
             # given up (stopping): what the API accepted before counts, the rest is let go
             self.buffered_bytes -= job.batch.payload_bytes

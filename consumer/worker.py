@@ -116,6 +116,7 @@ class Worker:
             linger_s=settings.batch_linger_ms / 1000.0,
             max_buffered_bytes=settings.max_buffered_bytes,
             max_uncommitted=settings.max_uncommitted_events,
+            ordering=settings.ordering,
         )
         self._pending: list[Actions] = []  # from rebalance callbacks, done after consume
         self._closing = False
@@ -459,8 +460,7 @@ class Worker:
         stuck, and liveness (which restarts the pod) does not count the time."""
         if self.health.halted:
             return "key"
-        job = part.in_flight
-        if job is not None and self._dispatch.running_job(job):
+        if any(self._dispatch.running_job(job) for job in part.jobs):
             return "api"  # a request on its way, or retried until the API takes it
         if part.dlq_unacked and self.health.dlq_troubled:
             return "dlq"
@@ -543,14 +543,14 @@ class Worker:
             if now >= until - http_timeout:
                 for tp in tps:
                     part = led.parts.get(tp)
-                    if part is not None and part.in_flight is not None:
-                        dispatch.cancel(part.in_flight)
+                    for job in part.jobs if part is not None else ():
+                        dispatch.cancel(job)
             self._serve_dlq(0.005)
             dispatch.wait(min(0.005, max(0.0, until - now)))
         for tp in tps:  # still on the wire at the deadline: dropped, known failed
             part = led.parts.get(tp)
-            if part is not None and part.in_flight is not None:
-                dispatch.abort(part.in_flight)
+            for job in part.jobs if part is not None else ():
+                dispatch.abort(job)
         self._collect(self._clock.monotonic())
 
     def _revoke_waits(self, tps: list[TP]) -> bool:
@@ -561,9 +561,8 @@ class Worker:
             part = self._ledger.parts.get(tp)
             if part is None:
                 continue
-            job = part.in_flight
-            if part.dlq_unacked or (
-                job is not None and (not halted or self._dispatch.on_wire(job))
+            if part.dlq_unacked or any(
+                not halted or self._dispatch.on_wire(job) for job in part.jobs
             ):
                 return True
         return False
@@ -580,8 +579,8 @@ class Worker:
         else:
             gone = led.revoked(tps, self._clock.monotonic())
         for part in gone:
-            if part.in_flight is not None:
-                self._dispatch.cancel(part.in_flight)
+            for job in part.jobs:
+                self._dispatch.cancel(job)
             self._dlq.cancel((part.tp, part.generation))
         self._drop_gauges(tps)
         self.metrics.partitions_assigned.set(len(led.parts))
@@ -623,8 +622,8 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 log.warning("final commit failed", extra={"error": str(exc)})
         for part in led.parts.values():
-            if part.in_flight is not None:
-                self._dispatch.abort(part.in_flight)
+            for job in part.jobs:
+                self._dispatch.abort(job)
         self._dispatch.close()
         # half of what is left for the DLQ, the rest for leaving the group
         left = self._dlq.close(max(0.0, min(_CLOSE_MAX_S, (self._deadline - self._now()) / 2)))

@@ -203,8 +203,8 @@ class Checker(Observer, ApiObserver):
 
     def _order(self, rec: Rec) -> None:
         key: Any = rec.partition
-        if self.bounds.ordering == "key" and rec.key is not None:
-            key = (rec.partition, rec.key)
+        if self.bounds.ordering == "key":
+            key = (rec.partition, rec.key)  # records without a key share the null key
         high = self.first_high.get(key, -1)
         if rec.offset < high:
             self.fail(
@@ -295,13 +295,18 @@ class Checker(Observer, ApiObserver):
         waiting = set()
         for tp, part in ledger.parts.items():
             job = part.in_flight
-            if job is not None and job is not self._last_job.get(tp):
-                self._last_job[tp] = job  # served
+            newest = part.sessions[-1] if part.sessions else None
+            if (job is not None and job is not self._last_job.get(tp)) or (
+                newest is not None and newest is not self._last_job.get((tp, "session"))
+            ):
+                self._last_job[tp] = job  # served: its batch, or a session event beside it
+                self._last_job[(tp, "session")] = newest
                 continue
             if (
                 halted
                 or job is not None
                 or part.retry_batch is not None
+                or part.blocked  # key order: every event waiting has a key in flight
                 or UNCOMMITTED in part.reasons
                 or ledger._too_far_ahead(part, ledger.max_uncommitted, now)
                 or part.batcher.due_in(now) != 0

@@ -83,8 +83,7 @@ def _env(rng: random.Random, ordering: str | None) -> dict[str, str]:
         "GR_RETRY_MAX_S": str(rng.choice((2, 10, 30))),
         "GR_HTTP_TIMEOUT_S": str(rng.choice((2, 5, 10))),
     }
-    if ordering is not None:
-        env["GR_ORDERING"] = ordering
+    env["GR_ORDERING"] = ordering or rng.choice(("key", "key", "partition"))
     return env
 
 

@@ -12,7 +12,8 @@ SESSION = b'{"event_type":"session_start","payload":{}}'
 
 
 def msg(p: int, o: int, value: bytes | None, topic: str = "t") -> Message:
-    return Message(topic=topic, partition=p, offset=o, value=value, headers=[("h", None)])
+    key = None if o % 3 == 2 else f"player-{o % 3}".encode()
+    return Message(topic=topic, partition=p, offset=o, key=key, value=value, headers=[("h", None)])
 
 
 def test_a_clean_fetch_becomes_one_run_per_partition_with_every_offset() -> None:
@@ -25,6 +26,7 @@ def test_a_clean_fetch_becomes_one_run_per_partition_with_every_offset() -> None
     assert first.sessions == 1
     assert first.nbytes == len(GOOD) + len(SESSION)
     assert first.items[0].ref is fetch[0]
+    assert [i.key for i in first.items] == [b"player-0", b"player-1"]  # what key order keeps
 
 
 def test_poison_keeps_its_offset_in_the_run_and_its_place_in_read_order() -> None:
@@ -32,6 +34,7 @@ def test_poison_keeps_its_offset_in_the_run_and_its_place_in_read_order() -> Non
     (run,), _ = split(fetch, EventDecoder().decode, 1.0, lambda t, p: True)
     assert run.offsets == [0, 1, 2, 3]
     assert [i.offset for i in run.items] == [0, 3]
+    assert [i.key for i in run.items] == [b"player-0", b"player-0"]
     assert [(o, p.reason) for o, _, p in run.poison] == [(1, "empty_value"), (2, "invalid_json")]
 
 

@@ -1,0 +1,179 @@
+"""A partition's waiting events when the order kept is each key's, not the whole partition's.
+
+A record is sent after every earlier record with the same Kafka key in its
+partition has been accepted (or refused and dead-lettered); other keys' events
+do not wait for it. Records without a key keep partition order among
+themselves (they share the null key).
+
+So a session event (sent alone, to its own endpoint) no longer cuts its
+partition's batch: it waits for its player's earlier events, its player's
+later events wait for it, and every other player's events keep filling the
+batch. With a share `f` of session events, requests per event fall from
+about `2f` (each session event cuts a part-full batch) to `f + (1 - f)/100`.
+
+The partition keeps at most one batch request in flight (its order among
+batches, and a 400's isolation, as before) and, beside it, any number of
+session requests for keys that have nothing earlier waiting or in flight.
+Which keys are busy (an event in flight) the ledger says; this module
+chooses, in partition order, what may go now.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Collection
+from itertools import islice
+from typing import Generic
+
+from consumer.batching import WRAPPER_BYTES, Batch, Item, Ref, body_size
+from consumer.events import Route
+
+# How far past the head a cut looks for events free to go: a bound on the work per
+# request when many keys at the head are busy (they are looked at again next time).
+_LOOK_AHEAD = 8
+
+
+class KeyOrderBatcher(Generic[Ref]):
+    """The waiting events of one partition, cut into requests that keep each key's order."""
+
+    __slots__ = ("_bytes", "_items", "_linger_s", "_max_bytes", "_max_events", "_sessions")
+
+    def __init__(self, max_events: int, max_bytes: int, linger_s: float) -> None:
+        if not 1 <= max_events <= 100:
+            raise ValueError("max_events must be 1..100")
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._linger_s = linger_s
+        self._items: deque[Item[Ref]] = deque()
+        self._bytes = 0
+        self._sessions = 0
+
+    # ---- the same surface as PartitionBatcher ----
+
+    def add_many(self, items: list[Item[Ref]], payload_bytes: int, sessions: int) -> None:
+        self._items.extend(items)
+        self._bytes += payload_bytes
+        self._sessions += sessions
+
+    def push_front(self, items: list[Item[Ref]]) -> None:
+        """Events handed back unsent (after a refused one was isolated): first again, in order."""
+        self._items.extendleft(reversed(items))
+        self._bytes += sum(len(item.raw) for item in items)
+        self._sessions += sum(1 for item in items if item.route is not Route.BATCH)
+
+    @property
+    def pending_events(self) -> int:
+        return len(self._items)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def head_offset(self) -> int | None:
+        return self._items[0].offset if self._items else None
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until a batch is due (0: now); None when nothing waits. Full by count or
+        bytes, or its oldest event's linger is over. (Session events are looked at on every
+        turn by `take_sessions`: they go as soon as their key is free, not on a timer.)"""
+        if not self._items:
+            return None
+        if (
+            len(self._items) >= self._max_events
+            or body_size(len(self._items), self._bytes) >= self._max_bytes
+        ):
+            return 0.0
+        return max(0.0, self._items[0].arrived + self._linger_s - now)
+
+    def clear(self) -> list[Item[Ref]]:
+        dropped = list(self._items)
+        self._items.clear()
+        self._bytes = 0
+        self._sessions = 0
+        return dropped
+
+    # ---- cutting requests in key order ----
+
+    def take_offset(self, offset: int) -> Item[Ref] | None:
+        """That one event, wherever it waits (the partition's commit waits for it, and the
+        run-ahead bound holds everything else back); None when it does not wait here."""
+        for index, item in enumerate(self._items):
+            if item.offset == offset:
+                del self._items[index]
+                self._bytes -= len(item.raw)
+                if item.route is not Route.BATCH:
+                    self._sessions -= 1
+                return item
+        return None
+
+    def take_sessions(self, busy: Collection[bytes | None], limit: int) -> list[Item[Ref]]:
+        """Session events free to go now, each as a request of its own: the first waiting
+        event of its key, whose key has nothing in flight (`busy`). At most `limit`."""
+        if not self._sessions or limit <= 0:
+            return []
+        seen: set[bytes | None] = set(busy)
+        free: list[Item[Ref]] = []
+        kept: list[Item[Ref]] = []
+        scanned = 0
+        batch_route = Route.BATCH
+        for item in islice(self._items, _LOOK_AHEAD * self._max_events):
+            key = item.key
+            scanned += 1
+            if item.route is not batch_route and key not in seen:
+                free.append(item)
+                if len(free) >= limit:
+                    break
+            else:
+                kept.append(item)
+            seen.add(key)
+        if free:
+            items = self._items
+            for _ in range(scanned):
+                items.popleft()
+            items.extendleft(reversed(kept))
+            self._bytes -= sum(len(item.raw) for item in free)
+            self._sessions -= len(free)
+        return free
+
+    def take(self, now: float, flush: bool, busy: Collection[bytes | None]) -> Batch[Ref] | None:
+        """The next batch request if one is due (or `flush`): batch events in partition
+        order whose key has nothing earlier in flight (`busy`) or waiting behind a
+        session event or a busy key; those stay, in order, for a later request."""
+        due = self.due_in(now)
+        if due is None or (due > 0 and not flush):
+            return None
+        items = self._items
+        blocked: set[bytes | None] = set(busy)
+        taken: list[Item[Ref]] = []
+        kept: list[Item[Ref]] = []
+        size = WRAPPER_BYTES - 1
+        limit, room = self._max_events, self._max_bytes
+        look = _LOOK_AHEAD * limit
+        scanned = 0
+        batch_route = Route.BATCH
+        for item in items:
+            if len(taken) >= limit or scanned >= look:
+                break
+            key = item.key
+            if item.route is not batch_route or key in blocked:
+                blocked.add(key)  # later events of its key wait for it
+                kept.append(item)
+                scanned += 1
+                continue
+            grown = size + len(item.raw) + 1
+            if grown > room:
+                break
+            size = grown
+            taken.append(item)
+            scanned += 1
+        if not taken:
+            return None
+        for _ in range(scanned):
+            items.popleft()
+        items.extendleft(reversed(kept))
+        payload = sum(len(item.raw) for item in taken)
+        self._bytes -= payload
+        return Batch(Route.BATCH, taken, payload)
