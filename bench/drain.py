@@ -1,4 +1,4 @@
-"""Scenario 5: drain a realistic backlog at the API key's limit, 1 worker and 3 sharing it.
+"""Scenario 5: drain a backlog at the API key's limit, 1 worker and 3 sharing it.
 
 The key carries `limit` requests per `window_s` (60 per 10 s at full scale).
 The backlog, in 12 partitions, is the sample mix with 1% poison of every kind,
@@ -7,19 +7,29 @@ records; the simulator's 400 does not say which event it refused, so the
 worker has to find it. Each run is timed from the workers' start until the
 group has committed every offset, and set beside the stream's physical
 limit: the fewest requests any forwarder keeping the delivery rules could
-make (full batches of 100 between session events, one request per session
-event, 7 failing requests per refused event, log2 of 100), sent at the key's
-rate. Also reported: requests made against requests the key allowed over the
+make in key order (one request per session event, full batches of 100 of the
+rest, per partition, and 7 failing requests per refused event, log2 of 100),
+sent at the key's rate. Also reported: requests made against requests the key allowed over the
 run, the share answered 429, the requests answered 400, requests spent per
 refused event, and the distribution of events per accepted batch request.
+
+Then two session-heavy streams (5% and 10% session events, players interleaved
+and keyed, each player in one partition), drained in each order the service
+can keep (`GR_ORDERING=key` and `partition`), each beside the fewest requests
+that can carry the stream in that order: in partition order every session
+event cuts its partition's batch; in key order it is one request of its own
+and the other events fill full batches.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 import uuid
 from typing import Any
+
+import orjson
 
 from bench.harness import (
     Children,
@@ -27,6 +37,7 @@ from bench.harness import (
     SimProcess,
     committed,
     end_offsets,
+    fast_producer,
     new_topic,
     produce_values,
     runner_args,
@@ -50,7 +61,13 @@ def run(ctx: Context) -> dict[str, Any]:
     refused = sum(1 for x in stream if x.expect == "api_rejected")
     poison = sum(1 for x in stream if x.expect not in ("valid", "api_rejected"))
     sessions = sum(1 for v in values if v is not None and b'"event_type":"session_' in v)
-    physical = physical_requests(values, PARTITIONS, refused)
+    mix = [
+        (n % PARTITIONS, v, b'"event_type":"session_' in v)  # as produce_values spreads them
+        for n, v in enumerate(values, 1)
+        if v is not None and v.startswith(b"{") and len(v) <= 262_144 and b"reject-me" not in v
+    ]
+    # the default order (each key's), and what any search must spend per refused event
+    physical = fewest_requests(mix, "key") + FAILS_PER_REFUSED * refused
     ideal_s = physical / (limit / window)
     ctx.log(
         f"  backlog {count:,}: {poison} poison, {refused} refused by the API, {sessions} session "
@@ -61,6 +78,8 @@ def run(ctx: Context) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     children = Children(workdir)
     runs: list[dict[str, Any]] = []
+    session_runs: list[dict[str, Any]] = []
+    streams: dict[str, dict[str, Any]] = {}
     try:
         sim = SimProcess(children, limit_per_window=limit, window_s=window)
         sim.configure(reject_rule={"payload.description": "reject-me"}, name_rejected=False)
@@ -76,6 +95,40 @@ def run(ctx: Context) -> dict[str, Any]:
                 f"{r['requests_per_refused']:.1f} requests per refused event; "
                 f"{r['events_per_batch_request']:.1f} events per batch request"
             )
+        for share in (0.05, 0.10):
+            records = session_stream(s.drain_session_events, share, seed=int(share * 100))
+            label = f"{share:.0%}"
+            sessions_n = sum(1 for _, _, session in records if session)
+            fewest = {m: fewest_requests(records, m) for m in ("key", "partition")}
+            streams[label] = {
+                "events": len(records),
+                "sessions": sessions_n,
+                "fewest_requests": fewest,
+                "physical_s": {m: n / (limit / window) for m, n in fewest.items()},
+            }
+            ctx.log(
+                f"  {label} session events: {len(records):,} events, {sessions_n} session "
+                f"events; fewest requests {fewest['key']} in key order, "
+                f"{fewest['partition']} in partition order"
+            )
+            for mode in ("key", "partition"):
+                for workers in (1, 3):
+                    topic = new_topic(ctx.bootstrap, f"drain-sessions-{mode}", PARTITIONS)
+                    _produce_keyed(ctx.bootstrap, topic, records)
+                    phys_s = streams[label]["physical_s"][mode]
+                    r = _one(
+                        ctx, children, sim, topic, workers, phys_s, fewest[mode], 0, limit,
+                        window, ordering=mode,
+                    )  # fmt: skip
+                    r.update(stream=label, ordering=mode)
+                    session_runs.append(r)
+                    ctx.log(
+                        f"  {label}, {mode} order, {workers} worker(s): drained in "
+                        f"{r['drain_s']:.1f} s vs {phys_s:.1f} s ({r['vs_physical']:.2f}x); "
+                        f"{r['requests']} requests, fewest {fewest[mode]}; 429s "
+                        f"{r['share_429']:.2%}; {r['events_per_batch_request']:.1f} events per "
+                        "batch request"
+                    )
         sim.stop()
     finally:
         children.stop_all()
@@ -90,25 +143,62 @@ def run(ctx: Context) -> dict[str, Any]:
         "physical_requests": physical,
         "physical_s": ideal_s,
         "runs": runs,
+        "session_streams": streams,
+        "session_runs": session_runs,
     }
 
 
-def physical_requests(values: list[bytes | None], partitions: int, refused: int) -> int:
-    """Full batches between session events per partition, one request per session event,
-    and the failing requests a search for each refused event cannot avoid."""
+def session_stream(count: int, share: float, seed: int) -> list[tuple[int, bytes, bool]]:
+    """(partition, value, is a session event) in production order: players interleaved,
+    each player's events in its own partition (keyed by player_id, as the producer library
+    keys them), a share of them session events."""
+    rng = random.Random(seed)
+    players = 25 * PARTITIONS
+    out: list[tuple[int, bytes, bool]] = []
+    for i in range(count):
+        player = rng.randrange(players)
+        session = rng.random() < share
+        kind = rng.choice(("session_start", "session_stop", "session_end")) if session else (
+            rng.choice(("transaction", "feature_use", "level_complete"))
+        )  # fmt: skip
+        event = {
+            "event_type": kind,
+            "identifiers": {"player_id": f"player-{player}"},
+            "payload": {"seq": i, "amount": 1.0} if kind == "transaction" else {"seq": i},
+        }
+        out.append((player % PARTITIONS, orjson.dumps(event), session))
+    return out
+
+
+def fewest_requests(records: list[tuple[int, bytes, bool]], ordering: str) -> int:
+    """The fewest requests that carry the stream in that order: in partition order full
+    batches between session events and one per session event; in key order one per
+    session event and full batches of all the rest, per partition."""
+    batches = [0] * PARTITIONS
     requests = 0
-    runs = [0] * partitions
-    for n, value in enumerate(values, 1):
-        p = n % partitions  # as produce_values spreads them
-        if value is None or not value.startswith(b"{") or len(value) > 262_144:
-            continue  # poison: never sent
-        if b'"event_type":"session_' in value:
-            requests += math.ceil(runs[p] / 100) + 1
-            runs[p] = 0
-        elif b"reject-me" not in value:
-            runs[p] += 1
-    requests += sum(math.ceil(r / 100) for r in runs)
-    return requests + FAILS_PER_REFUSED * refused
+    for partition, _, session in records:
+        if session:
+            if ordering == "partition":
+                requests += math.ceil(batches[partition] / 100)
+                batches[partition] = 0
+            requests += 1
+        else:
+            batches[partition] += 1
+    return requests + sum(math.ceil(b / 100) for b in batches)
+
+
+def _produce_keyed(bootstrap: str, topic: str, records: list[tuple[int, bytes, bool]]) -> None:
+    producer = fast_producer(bootstrap)
+    for partition, value, _ in records:
+        player = orjson.loads(value)["identifiers"]["player_id"]
+        while True:
+            try:
+                producer.produce(topic, value=value, key=player.encode(), partition=partition)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120):
+        raise RuntimeError("records not acknowledged")
 
 
 def _one(
@@ -122,12 +212,15 @@ def _one(
     refused: int,
     limit: int,
     window: float,
+    ordering: str = "key",
 ) -> dict[str, Any]:
     group = f"bench-drain-{workers}w-{uuid.uuid4().hex[:6]}"
     # a fresh key window for the run, so runs do not inherit each other's budget
     _sleep_until((math.floor(time.time() / window) + 1) * window + 0.05)
     sim.reset()
-    env = worker_env(ctx.bootstrap, topic, group, sim.url, GR_SHUTDOWN_TIMEOUT_S="5")
+    env = worker_env(
+        ctx.bootstrap, topic, group, sim.url, GR_SHUTDOWN_TIMEOUT_S="5", GR_ORDERING=ordering
+    )
     ends = end_offsets(ctx.bootstrap, topic, PARTITIONS)
     started = time.time()
     procs = [
@@ -162,6 +255,7 @@ def _one(
         "answered_400": counts.get(400, 0),
         "isolation_requests": isolation,
         "requests_per_refused": isolation / refused if refused else 0.0,
+        "events_per_request": int(stats.get("events_accepted", 0)) / requests if requests else 0.0,
         "events_per_batch_request": (
             sum(size * n for size, n in hist.items()) / batch_requests if batch_requests else 0.0
         ),

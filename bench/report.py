@@ -49,6 +49,21 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
         if w > 1:
             add(f"429 share draining, {w} workers", f"{run['share_429']:.2%}", "<= 0.5%",
                 run["share_429"] <= 0.005)  # fmt: skip
+    session_runs = dr.get("session_runs", [])
+    for run in session_runs:
+        if run["ordering"] != "key":
+            continue
+        w, stream = run["workers"], run["stream"]
+        add(f"key order, {stream} sessions, drain vs physical, {w} worker(s)",
+            f"{run['vs_physical']:.2f}x", "<= 1.1x", run["vs_physical"] <= 1.1)  # fmt: skip
+        add(f"key order, {stream} sessions, 429 share, {w} worker(s)",
+            f"{run['share_429']:.2%}", "< 0.5%", run["share_429"] < 0.005)  # fmt: skip
+        other = [r for r in session_runs if r["stream"] == stream and r["workers"] == w
+                 and r["ordering"] == "partition"]  # fmt: skip
+        if stream == "10%" and other and other[0].get("events_per_request"):
+            gain = run["events_per_request"] / other[0]["events_per_request"]
+            add(f"events per request, key vs partition order, 10% sessions, {w} worker(s)",
+                f"{gain:.2f}x", ">= 1.5x", gain >= 1.5)  # fmt: skip
     for run in sc.get("latency", {}).get("runs", []):
         if run.get("linger_ms") is None:
             continue
@@ -203,8 +218,8 @@ def _drain(s: dict[str, Any]) -> list[str]:
         f"A {s['events']:,}-event backlog in {s['partitions']} partitions: {s['poison']} poison "
         f"records, {s['refused']} events the API refuses (its 400 names none of them), "
         f"{s['sessions']} session events. Key: {s['limit']} requests per {s['window_s']:g} s. "
-        f"Physical limit: {s['physical_requests']} requests (full batches between session "
-        f"events, one per session event, 7 failing per refused event), "
+        f"Physical limit in key order (the default): {s['physical_requests']} requests (one "
+        f"per session event, full batches of the rest, 7 failing per refused event), "
         f"{s['physical_s']:.0f} s at the key's rate.",
         "",
         "| workers | drain time | vs physical limit | requests / allowed | 429 share | "
@@ -227,9 +242,28 @@ def _drain(s: dict[str, Any]) -> list[str]:
     out += [
         "",
         "Requests under 100 events are the halves that isolate a refused event (about four "
-        "accepted per refused event), the batches a session event cuts (the stream allows no "
-        "more), and each partition's last batch.",
+        "accepted per refused event), what is free to go when a partition's turn comes "
+        "near the end of the drain, and each partition's last batch.",
     ]
+    runs = s.get("session_runs", [])
+    if runs:
+        out += [
+            "",
+            "Session-heavy streams (players interleaved, each in one partition), in each order "
+            "the service keeps; the fewest requests that carry the stream in that order, and the "
+            "drain's physical limit, are the stream's own:",
+            "",
+            "| session events | order | workers | requests / fewest | drain time | vs physical "
+            "limit | 429 share | events per request | events per batch request |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in runs:
+            out.append(
+                f"| {r['stream']} | {r['ordering']} | {r['workers']} | {r['requests']} / "
+                f"{r['physical_requests']} | {r['drain_s']:.1f} s | {r['vs_physical']:.2f}x | "
+                f"{r['share_429']:.2%} | {r.get('events_per_request', 0):.1f} | "
+                f"{r['events_per_batch_request']:.1f} |"
+            )
     return out
 
 

@@ -195,7 +195,9 @@ class Worker:
                 self._dispatch.wait(_BUSY_POLL_S)
         else:
             now = self._clock.monotonic()
-            timeout = led.next_due_in(now, _IDLE_POLL_S)
+            # a batch due matters only if a request slot is free for it
+            free = led.in_flight < self.settings.max_in_flight
+            timeout = led.next_due_in(now, _IDLE_POLL_S) if free else _IDLE_POLL_S
             for wake in (self._dispatch.next_wake(), self._dlq.next_wake(now)):
                 if wake is not None:
                     timeout = min(timeout, wake - now)
@@ -462,6 +464,8 @@ class Worker:
             return "key"
         if any(self._dispatch.running_job(job) for job in part.jobs):
             return "api"  # a request on its way, or retried until the API takes it
+        if self._ledger.in_flight >= self.settings.max_in_flight:
+            return "api"  # every request slot is taken: its turn comes when one frees
         if part.dlq_unacked and self.health.dlq_troubled:
             return "dlq"
         if part.commit_failing or part.awaiting_since >= 0:

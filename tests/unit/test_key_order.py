@@ -1,0 +1,98 @@
+"""Key order without a broker: what a partition's waiting events may go as, and when."""
+
+from __future__ import annotations
+
+from consumer.batching import Item
+from consumer.events import Route
+from consumer.key_order import KeyOrderBatcher
+from tests.unit.test_ledger import ledger, ok
+
+RAW = b'{"event_type":"x","payload":{}}'
+
+
+def item(offset: int, key: bytes | None, session: bool = False) -> Item[None]:
+    route = Route.SESSION_START if session else Route.BATCH
+    return Item(offset, RAW, route, None, 0.0, key)
+
+
+def batcher(*items: Item[None], max_events: int = 100) -> KeyOrderBatcher[None]:
+    b: KeyOrderBatcher[None] = KeyOrderBatcher(max_events, 1_000_000, 0.0)
+    b.add_many(list(items), len(RAW) * len(items), sum(i.route is not Route.BATCH for i in items))
+    return b
+
+
+def offsets(items: list[Item[None]]) -> list[int]:
+    return [i.offset for i in items]
+
+
+def test_a_session_event_does_not_cut_the_batch_for_other_players() -> None:
+    b = batcher(item(0, b"a"), item(1, b"b"), item(2, b"a", True), item(3, b"b"), item(4, b"a"))
+    batch = b.take(1.0, True, set())
+    assert batch is not None
+    # b's events and a's first; a's session event and what follows it for a wait
+    assert batch.offsets == [0, 1, 3]
+    assert b.take_sessions({b"a", b"b"}, 8) == []  # a's earlier event is in flight
+    (session,) = b.take_sessions(set(), 8)
+    assert session.offset == 2
+    assert b.take(1.0, True, {b"a"}) is None  # a's later event waits for the session
+    last = b.take(1.0, True, set())
+    assert last is not None
+    assert last.offsets == [4]
+    assert b.pending_events == 0
+    assert b.pending_bytes == 0
+
+
+def test_records_without_a_key_keep_partition_order_among_themselves() -> None:
+    b = batcher(item(0, None), item(1, None, True), item(2, b"x"), item(3, None))
+    batch = b.take(1.0, True, set())
+    assert batch is not None
+    assert batch.offsets == [0, 2]  # the null key's event after its session waits
+    assert offsets(b.take_sessions({None}, 8)) == []  # the null key's first event in flight
+    assert offsets(b.take_sessions(set(), 8)) == [1]
+    assert b.take(1.0, True, {None}) is None
+
+
+def test_a_batch_is_full_at_the_cap_and_keeps_what_it_skipped_in_order() -> None:
+    events = [item(i, b"p%d" % (i % 53), session=i % 10 == 5) for i in range(300)]
+    b = batcher(*events, max_events=100)
+    batch = b.take(1.0, False, set())
+    assert batch is not None
+    assert len(batch.items) == 100
+    assert all(i.route is Route.BATCH for i in batch.items)
+    left = list(b._items)
+    assert offsets(left) == sorted(offsets(left))  # the rest waits in partition order
+
+
+def test_the_event_the_commit_waits_for_can_be_taken_alone() -> None:
+    b = batcher(item(3, b"a"), item(1, b"b"), item(2, b"c", True))
+    taken = b.take_offset(1)
+    assert taken is not None
+    assert taken.offset == 1
+    assert b.take_offset(1) is None
+    assert b.take_offset(2) is not None
+    assert b.pending_events == 1
+
+
+def test_the_ledger_sends_session_events_beside_the_batch_and_frees_their_keys() -> None:
+    led = ledger(ordering="key", batch_max_events=10)
+    led.assigned([("t", 0)], 0.0)
+    part = led.parts[("t", 0)]
+    events = [item(0, b"a"), item(1, b"a", True), item(2, b"b"), item(3, b"c", True), item(4, b"a")]
+    led.records_read(part, [0, 1, 2, 3, 4], events, len(RAW) * 5, 2)
+    jobs = led.next_jobs(1.0, True, 8)
+    # the batch (a's first event, b's) and c's session beside it; a's session waits for
+    # a's event in the batch, a's later event for a's session
+    assert sorted(offsets(j.batch.items) for j in jobs) == [[0, 2], [3]]
+    batch_job = part.in_flight
+    assert batch_job is not None
+    assert led.result(ok(batch_job), 1.1) == []
+    (session,) = led.next_jobs(1.2, True, 8)
+    assert session.batch.offsets == [1]
+    assert session.batch.route is Route.SESSION_START
+    assert led.next_jobs(1.3, True, 8) == []  # a's last event waits for its session
+    for job in list(part.sessions):
+        led.result(ok(job), 1.4)
+    (last,) = led.next_jobs(1.5, True, 8)
+    assert last.batch.offsets == [4]
+    led.result(ok(last), 1.6)
+    assert led.commits_due(2.0) == [(("t", 0), 5)]
