@@ -384,9 +384,13 @@ class Worker:
         coordinator answers a connection's requests in order).
         """
         self._commit_async(consumer, targets)
+        sent = self._now()
         want = dict(targets)
         asked = [TopicPartition(*tp) for tp in want]
         while (left := deadline - self._now()) > 0:
+            if self._now() - sent >= 1.0:  # a commit request lost on the way: again
+                self._commit_async(consumer, targets)
+                sent = self._now()
             try:
                 found = consumer.committed(asked, max(0.01, min(left, 2.0)))
             except KafkaException:
