@@ -147,6 +147,8 @@ def hunt(mutant: Mutant, seeds: int, scale: float) -> str:
         problem = _mutated(mutant, Path(tmp))
         if problem is not None:
             return f"{mutant.name}: not applied ({problem})"
+        # run from the copy: the current directory comes first on the path, before the
+        # installed package
         env = {**os.environ, "PYTHONPATH": f"{tmp}{os.pathsep}{ROOT}", "PYTHONHASHSEED": "0"}
         code = (
             "import sys\n"
@@ -158,7 +160,7 @@ def hunt(mutant: Mutant, seeds: int, scale: float) -> str:
             f"print('none of {seeds} seeds broke an invariant')\n"
         )
         done = subprocess.run(
-            [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-c", code], env=env, cwd=tmp, capture_output=True, text=True
         )
         found = (done.stdout.strip() or done.stderr.strip()[-500:]).replace("\n", " ")
         return f"{mutant.name} ({mutant.what}): {found}"
