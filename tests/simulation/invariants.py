@@ -236,6 +236,12 @@ class Checker(Observer, ApiObserver):
         if part is not None and off is not None:
             self.known_at.setdefault((int(part), int(off)), self.world.now)
 
+    def all_committed(self) -> bool:
+        """The worker believes nothing it finished is left uncommitted (its stop's last
+        commit was answered): then whatever it knew by now must be in the group."""
+        worker = self.worker
+        return worker is not None and not worker._ledger.uncommitted()
+
     def let_go_cleanly(self, commits_at: dict[int, float], started: float) -> None:
         """A partition let go cleanly (revoked, or the worker stopped): what the worker knew
         was finished when it last committed is committed, so the next owner resends none of it."""
@@ -332,8 +338,7 @@ class Checker(Observer, ApiObserver):
     def _budget(self, worker: Any) -> None:
         """A worker with a backlog uses its share of the key: in a steady window (no fault,
         no change of the key's other users for two windows before), with full batches waiting
-        for every request slot all window long, it sends at least half of what the others
-        leave of the budget. (A share learnt while the others were busy once stuck near 1/64.)"""
+        all window long, it sends at least half of what the others leave of the budget. (A share learnt while the others were busy once stuck near 1/64.)"""
         api = self.api
         if api is None or api.limit is None or not self.can_fill_budget:
             return
@@ -346,7 +351,7 @@ class Checker(Observer, ApiObserver):
         if not self._window_backlog:
             return
         ledger = worker._ledger
-        need = ledger._max_events * worker.settings.max_in_flight
+        need = 2 * ledger._max_events  # full batches waiting: only the pacer holds them back
         held = 0
         for part in ledger.parts.values():
             if UNCOMMITTED in part.reasons or part.dlq_unacked:

@@ -51,6 +51,8 @@ class Observer:
     def turn(self) -> None: ...
     def dlq_known(self, entry: DlqEntry) -> None: ...
     def let_go_cleanly(self, commits_at: dict[int, float], started: float) -> None: ...
+    def all_committed(self) -> bool:
+        return False
 
 
 @dataclass
@@ -289,6 +291,8 @@ class SimConsumer:
         """As librdkafka: the assignment is revoked through the callback, then the group left."""
         owned = sorted(self.assigned)
         started = self.world.now
+        # the worker says it committed all it had finished: then all it knew by now
+        done = self.cluster.observer.all_committed()
         if owned:
             self.cluster.generation += 1
             self._call("on_revoke", [TopicPartition(TOPIC, p) for p in owned])
@@ -296,7 +300,7 @@ class SimConsumer:
         for p in owned:
             self._drop(p)
         self.cluster.observer.let_go_cleanly(
-            {p: self._commit_at.get(p, started) for p in owned}, started
+            {p: started if done else self._commit_at.get(p, started) for p in owned}, started
         )
 
 

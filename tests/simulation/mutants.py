@@ -36,8 +36,8 @@ MUTANTS = (
         (
             (
                 "ledger.py",
-                "                turns.served(tp)\n            if room <= 0:",
-                "            if room <= 0:",
+                "            if served:\n                turns.served(tp)\n",
+                "",
             ),
         ),
     ),

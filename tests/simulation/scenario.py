@@ -106,6 +106,19 @@ def run(
     lives = rng.choice((1, 1, 2, 3))
     life_s = [rng.uniform(3, 60) for _ in range(lives - 1)]
     rebalances = rng.choice((0, 0, 2, 5))
+    others = 0.0
+    leave = 0.0
+    scale_in = rng.random() < 0.12
+    if scale_in:
+        # a scale-in: the key's other users busy from the start while this worker's
+        # partitions trickle, then they leave and a backlog arrives
+        limit, window_s = rng.choice(((60, 10.0), (100, 60.0)))
+        others = rng.choice((0.5, 0.7))
+        leave = window_s * rng.uniform(3, 5)
+        faults = [_Fault("others_join", 0.0, leave)]
+        lives, life_s, rebalances = 1, [], 0
+        arrivals = "scale_in"
+        n_records = int(rng.randint(3000, 5000) * max(scale, 0.5))
     rig = Rig.make(
         seed,
         env,
@@ -125,6 +138,8 @@ def run(
     poison = rng.choice((0.0, 0.02, 0.1, 0.9))
     refused = rng.choice((0.0, 0.01, 0.05, 0.1))
     sessions = rng.choice((0.0, 0.02, 0.1))
+    if scale_in:
+        poison, refused, sessions = 0.0, 0.0, 0.0  # the budget's own test: full batches
     offsets = [0] * n_parts
     for i in range(n_records):
         p = rec_rng.randrange(n_parts)
@@ -140,7 +155,10 @@ def run(
             event_max_bytes=settings.event_max_bytes,
         )
         offsets[p] += 1
-        if arrivals == "backlog":
+        if arrivals == "scale_in":
+            trickle = int(leave / (window_s / 3))
+            at = i * window_s / 3 if i < trickle else leave + window_s / 2
+        elif arrivals == "backlog":
             at = 0.0
         elif arrivals == "stream":
             at = stream_s * i / max(1, n_records)
@@ -148,7 +166,7 @@ def run(
             at = bursts[i * len(bursts) // max(1, n_records)]
         rig.add(rec, at)
     rig.slack()
-    _schedule_faults(world, api, rig.cluster, faults)
+    _schedule_faults(world, api, rig.cluster, faults, others=others if scale_in else None)
     checker.unsteady = [(f.start, f.end) for f in faults]
     checker.can_fill_budget = (
         limit is not None and settings.max_in_flight / api.latency[1] >= 4 * limit / window_s
@@ -224,9 +242,13 @@ def _rebalance(rng: random.Random, consumer: SimConsumer, parts: list[int]) -> N
         consumer.rebalance([], rng.sample(others, rng.randint(1, len(others))))
 
 
-def _schedule_faults(world: World, api: SimApi, cluster: Cluster, faults: list[_Fault]) -> None:
+def _schedule_faults(
+    world: World, api: SimApi, cluster: Cluster, faults: list[_Fault], others: float | None = None
+) -> None:
     for fault in faults:
         on, off = _switches(fault.kind, world, api, cluster)
+        if others is not None and fault.kind == "others_join":
+            on = lambda: setattr(api, "others_share", others)  # noqa: E731
         world.at(fault.start, on)
         world.at(fault.end, off)
 
