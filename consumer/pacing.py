@@ -117,6 +117,14 @@ class Pacer:
             self._claim(slot, interval)
             return True
 
+    def wait_s(self) -> float:
+        """How long until `try_reserve()` would find a slot free, as things stand (claims
+        nothing: the pace may change before then)."""
+        with self._lock:
+            now = self._mono()
+            slot, _ = self._next(now)
+            return slot - now
+
     def _next(self, now: float) -> tuple[float, float]:
         """The next slot and the spacing after it; changes nothing. Lock held."""
         interval = self._cap_interval

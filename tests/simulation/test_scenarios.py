@@ -119,3 +119,27 @@ def test_waiting_outside_the_worker_never_fails_liveness(cause: str) -> None:
     rig.checker.final(rig.cluster)
     if cause != "coordinator":
         assert not_ready, "readiness never said what the worker waits on"
+
+
+def test_after_a_scale_in_the_worker_takes_the_key_within_two_windows() -> None:
+    """The key's other users take 70% of it while this worker's partitions trickle; they
+    leave at 40 s and a backlog arrives. Within two windows the worker sends at the key's
+    whole rate. (Its share once stuck small; then, grown again, the eight requests it had
+    claimed slots for far ahead at the small share kept it slow for two windows more.)"""
+    env = base_env(GR_BATCH_LINGER_MS="0")
+    rig = Rig.make(5, env, 12, limit=60, window_s=10.0)
+    rig.api.others_share = 0.7
+    rig.world.at(40.0, lambda: setattr(rig.api, "others_share", 0.0))
+    o = [0] * 12
+    for i in range(12):  # a trickle: one record every 3.3 s
+        p = i % 12
+        rig.add(valid(p, o[p]), i * 10 / 3)
+        o[p] += 1
+    for i in range(30_000):  # then the backlog: five windows of the key
+        p = i % 12
+        rig.add(valid(p, o[p]), 45.0)
+        o[p] += 1
+    rig.life(last=True)
+    rig.checker.final(rig.cluster)
+    ours = rig.api.ours_in_window
+    assert [ours.get(w, 0) for w in (6, 7)] == [60, 60], dict(sorted(ours.items()))
