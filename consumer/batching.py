@@ -10,7 +10,7 @@ request in flight per partition, so the API sees each partition in order.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Container
 from dataclasses import dataclass
 from itertools import islice, repeat
 from operator import itemgetter
@@ -149,12 +149,15 @@ class PartitionBatcher(Generic[Ref]):
             return 0.0
         return max(0.0, self._items[0].arrived + self._linger_s - now)
 
-    def take_sessions(self, _busy: Collection[bytes | None], _limit: int) -> list[Item[Ref]]:
+    def keys_freed(self) -> None:
+        """Key order's: nothing to do in partition order."""
+
+    def take_sessions(self, _busy: Container[bytes | None], _limit: int) -> list[Item[Ref]]:
         """Partition order sends a session event in turn, as `take` cuts it: none beside."""
         return []
 
     def take(
-        self, now: float, flush: bool = False, _busy: Collection[bytes | None] = ()
+        self, now: float, flush: bool = False, _busy: Container[bytes | None] = ()
     ) -> Batch[Ref] | None:
         """The next request if it is due (or `flush`), removed from the queue (`_busy` is
         for key order's batcher: partition order keeps one request in flight)."""

@@ -23,8 +23,9 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection
-from itertools import islice
+from collections.abc import Container
+from itertools import islice, repeat
+from operator import itemgetter
 from typing import Generic
 
 from consumer.batching import WRAPPER_BYTES, Batch, Item, Ref, body_size
@@ -33,12 +34,15 @@ from consumer.events import Route
 # How far past the head a cut looks for events free to go: a bound on the work per
 # request when many keys at the head are busy (they are looked at again next time).
 _LOOK_AHEAD = 8
+_RAW = itemgetter(1)  # Item.raw, read in C
 
 
 class KeyOrderBatcher(Generic[Ref]):
     """The waiting events of one partition, cut into requests that keep each key's order."""
 
-    __slots__ = ("_bytes", "_items", "_linger_s", "_max_bytes", "_max_events", "_sessions")
+    __slots__ = (
+        "_bytes", "_items", "_linger_s", "_look", "_max_bytes", "_max_events", "_sessions",
+    )  # fmt: skip
 
     def __init__(self, max_events: int, max_bytes: int, linger_s: float) -> None:
         if not 1 <= max_events <= 100:
@@ -49,6 +53,7 @@ class KeyOrderBatcher(Generic[Ref]):
         self._items: deque[Item[Ref]] = deque()
         self._bytes = 0
         self._sessions = 0
+        self._look = False  # a session event may be free to go: look for one
 
     # ---- the same surface as PartitionBatcher ----
 
@@ -56,12 +61,14 @@ class KeyOrderBatcher(Generic[Ref]):
         self._items.extend(items)
         self._bytes += payload_bytes
         self._sessions += sessions
+        self._look = self._look or bool(sessions)
 
     def push_front(self, items: list[Item[Ref]]) -> None:
         """Events handed back unsent (after a refused one was isolated): first again, in order."""
         self._items.extendleft(reversed(items))
         self._bytes += sum(len(item.raw) for item in items)
         self._sessions += sum(1 for item in items if item.route is not Route.BATCH)
+        self._look = True
 
     @property
     def pending_events(self) -> int:
@@ -109,12 +116,19 @@ class KeyOrderBatcher(Generic[Ref]):
                 return item
         return None
 
-    def take_sessions(self, busy: Collection[bytes | None], limit: int) -> list[Item[Ref]]:
+    def keys_freed(self) -> None:
+        """Something of this partition's came back: a session event may be free now."""
+        self._look = True
+
+    def take_sessions(self, busy: Container[bytes | None], limit: int) -> list[Item[Ref]]:
         """Session events free to go now, each as a request of its own: the first waiting
-        event of its key, whose key has nothing in flight (`busy`). At most `limit`."""
-        if not self._sessions or limit <= 0:
+        event of its key, whose key has nothing in flight (`busy`). At most `limit`.
+
+        Looked for only when something changed since the last look (events came, keys
+        were freed): on every loop turn it would be a scan of the queue each time."""
+        if not self._sessions or limit <= 0 or not self._look:
             return []
-        seen: set[bytes | None] = set(busy)
+        seen: set[bytes | None] = set()
         free: list[Item[Ref]] = []
         kept: list[Item[Ref]] = []
         scanned = 0
@@ -122,23 +136,24 @@ class KeyOrderBatcher(Generic[Ref]):
         for item in islice(self._items, _LOOK_AHEAD * self._max_events):
             key = item.key
             scanned += 1
-            if item.route is not batch_route and key not in seen:
+            if item.route is not batch_route and key not in seen and key not in busy:
                 free.append(item)
                 if len(free) >= limit:
                     break
             else:
                 kept.append(item)
             seen.add(key)
+        self._look = len(free) >= limit  # more may be free: look again next time
         if free:
             items = self._items
             for _ in range(scanned):
                 items.popleft()
             items.extendleft(reversed(kept))
-            self._bytes -= sum(len(item.raw) for item in free)
+            self._bytes -= sum(map(len, map(_RAW, free)))
             self._sessions -= len(free)
         return free
 
-    def take(self, now: float, flush: bool, busy: Collection[bytes | None]) -> Batch[Ref] | None:
+    def take(self, now: float, flush: bool, busy: Container[bytes | None]) -> Batch[Ref] | None:
         """The next batch request if one is due (or `flush`): batch events in partition
         order whose key has nothing earlier in flight (`busy`) or waiting behind a
         session event or a busy key; those stay, in order, for a later request."""
@@ -146,11 +161,23 @@ class KeyOrderBatcher(Generic[Ref]):
         if due is None or (due > 0 and not flush):
             return None
         items = self._items
-        blocked: set[bytes | None] = set(busy)
-        taken: list[Item[Ref]] = []
+        limit, room = self._max_events, self._max_bytes
+        if not self._sessions and not busy:
+            # nothing can hold an event back: the head of the queue, as in partition
+            # order, counted in C
+            n = min(len(items), limit)
+            taken = list(islice(items, n))
+            payload = sum(map(len, map(_RAW, taken)))
+            if body_size(n, payload) <= room:
+                popleft = items.popleft
+                for _ in repeat(None, n):
+                    popleft()
+                self._bytes -= payload
+                return Batch(Route.BATCH, taken, payload)
+        blocked: set[bytes | None] = set()
+        taken = []
         kept: list[Item[Ref]] = []
         size = WRAPPER_BYTES - 1
-        limit, room = self._max_events, self._max_bytes
         look = _LOOK_AHEAD * limit
         scanned = 0
         batch_route = Route.BATCH
@@ -158,7 +185,7 @@ class KeyOrderBatcher(Generic[Ref]):
             if len(taken) >= limit or scanned >= look:
                 break
             key = item.key
-            if item.route is not batch_route or key in blocked:
+            if item.route is not batch_route or key in blocked or key in busy:
                 blocked.add(key)  # later events of its key wait for it
                 kept.append(item)
                 scanned += 1
@@ -174,6 +201,6 @@ class KeyOrderBatcher(Generic[Ref]):
         for _ in range(scanned):
             items.popleft()
         items.extendleft(reversed(kept))
-        payload = sum(len(item.raw) for item in taken)
+        payload = sum(map(len, map(_RAW, taken)))
         self._bytes -= payload
         return Batch(Route.BATCH, taken, payload)

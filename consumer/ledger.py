@@ -62,6 +62,26 @@ COMMIT_ANSWER_S = 1.0
 _OFFSET = itemgetter(0)  # Item.offset, read in C
 
 
+class _Busy:
+    """Keys in flight, in a session request or in the batch request (looked up, never
+    copied: asked for every event a batch is cut from)."""
+
+    __slots__ = ("_batch", "_sessions")
+
+    def __init__(self, sessions: Counter[bytes | None], batch: frozenset[bytes | None]) -> None:
+        self._sessions = sessions
+        self._batch = batch
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._sessions or key in self._batch
+
+    def __bool__(self) -> bool:
+        return bool(self._sessions or self._batch)
+
+
+_KEY = itemgetter(5)  # Item.key, read in C
+
+
 @dataclass(slots=True)
 class Part:
     """One owned partition."""
@@ -75,7 +95,8 @@ class Part:
     # key order: session requests in flight beside the batch, and the keys of every
     # event in flight (their later events wait)
     sessions: list[DeliveryJob[Any]] = field(default_factory=list)
-    busy_keys: Counter[bytes | None] = field(default_factory=Counter)
+    session_keys: Counter[bytes | None] = field(default_factory=Counter)
+    batch_keys: frozenset[bytes | None] = frozenset()
     # key order: a batch is due but every event waiting has a key in flight; nothing
     # can go before an answer comes back (so the loop need not wake for it)
     blocked: bool = False
@@ -99,6 +120,11 @@ class Part:
     # since when it has had work and neither moved nor waited on something outside the
     # worker (the API, the key, the DLQ, the coordinator): what liveness judges
     stuck_since: float = 0.0
+
+    @property
+    def busy_keys(self) -> _Busy:
+        """The keys with an event in flight: their later events wait."""
+        return _Busy(self.session_keys, self.batch_keys)
 
     @property
     def jobs(self) -> list[DeliveryJob[Any]]:
@@ -389,13 +415,10 @@ class Ledger:
             if batch is None and not part.batcher.pending_events:
                 continue  # nothing to send: not worth a look at its commits
             if (
-                (
-                    self._commits_stuck(part, now)  # the drain too: delivering more is waste
-                    if draining
-                    else UNCOMMITTED in part.reasons or self._too_far_ahead(part, ahead_cap, now)
-                )
-                and not self._unblocks(part, batch)
-            ):
+                self._commits_stuck(part, now)  # the drain too: delivering more is waste
+                if draining
+                else UNCOMMITTED in part.reasons or self._too_far_ahead(part, ahead_cap, now)
+            ) and not self._unblocks(part, batch):
                 self._hold(part, now)  # a commit's answer or the sweep lifts it
                 if key_order:
                     head = self._commit_head(part)
@@ -419,7 +442,7 @@ class Ledger:
                     job: DeliveryJob[Any] = DeliveryJob(part.tp, batch, part.generation)
                     part.in_flight = job
                     if key_order:
-                        part.busy_keys.update(item.key for item in batch.items)
+                        part.batch_keys = frozenset(map(_KEY, batch.items))
                     jobs.append(job)
                     room -= 1
                     served = True
@@ -430,7 +453,7 @@ class Ledger:
                         part.tp, Batch(item.route, [item], len(item.raw)), part.generation
                     )
                     part.sessions.append(job)
-                    part.busy_keys[item.key] += 1
+                    part.session_keys[item.key] += 1
                     jobs.append(job)
                     room -= 1
                     served = True
@@ -457,13 +480,18 @@ class Ledger:
         """The job is no longer in flight for this partition; False if it was not its own."""
         if part.in_flight is job:
             part.in_flight = None
+            part.batch_keys = frozenset()
         elif job in part.sessions:
             part.sessions.remove(job)
+            key = job.batch.items[0].key
+            left = part.session_keys[key] - 1
+            if left > 0:
+                part.session_keys[key] = left
+            else:
+                del part.session_keys[key]
         else:
             return False
-        if part.busy_keys:
-            part.busy_keys.subtract(item.key for item in job.batch.items)
-            part.busy_keys = +part.busy_keys  # drop the keys with nothing left in flight
+        part.batcher.keys_freed()
         part.blocked = False
         return True
 
@@ -501,9 +529,10 @@ class Ledger:
         )
         if item.route is Route.BATCH:
             part.in_flight = job
+            part.batch_keys = frozenset((item.key,))
         else:
             part.sessions.append(job)
-        part.busy_keys[item.key] += 1
+            part.session_keys[item.key] += 1
         return job
 
     @staticmethod
@@ -547,7 +576,9 @@ class Ledger:
         """How long the loop may wait for records before a batch is due."""
         wait = cap
         for part in self.parts.values():
-            if part.in_flight is None and not part.blocked:
+            # held at the run-ahead bound or blocked on keys in flight, it waits for an
+            # answer (a commit's, a request's), not for a timer
+            if part.in_flight is None and not part.blocked and UNCOMMITTED not in part.reasons:
                 due = part.batcher.due_in(now)
                 if due is not None and due < wait:
                     wait = due
@@ -685,10 +716,14 @@ class Ledger:
             elif pending >= cap_events or pbytes >= cap_bytes or (over_total and pending):
                 reasons.add(BUFFER_FULL)
                 act.paused_by[BUFFER_FULL] = act.paused_by.get(BUFFER_FULL, 0) + 1
-            if reasons and not part.fetch_paused:
+            # the run-ahead hold (`uncommitted`) holds delivery, not fetching: a pause
+            # makes librdkafka drop what it prefetched for the partition, and the buffer
+            # caps bound what fetching holds anyway
+            stop = BUFFER_FULL in reasons or DRAINING in reasons
+            if stop and not part.fetch_paused:
                 part.fetch_paused = True
                 act.pause.append(part.tp)
-            elif not reasons and part.fetch_paused:
+            elif not stop and part.fetch_paused:
                 part.fetch_paused = False
                 act.resume.append(part.tp)
         return act

@@ -32,6 +32,8 @@ def test_a_session_event_does_not_cut_the_batch_for_other_players() -> None:
     # b's events and a's first; a's session event and what follows it for a wait
     assert batch.offsets == [0, 1, 3]
     assert b.take_sessions({b"a", b"b"}, 8) == []  # a's earlier event is in flight
+    assert b.take_sessions(set(), 8) == []  # nothing changed since it looked
+    b.keys_freed()  # the batch came back
     (session,) = b.take_sessions(set(), 8)
     assert session.offset == 2
     assert b.take(1.0, True, {b"a"}) is None  # a's later event waits for the session
@@ -48,6 +50,7 @@ def test_records_without_a_key_keep_partition_order_among_themselves() -> None:
     assert batch is not None
     assert batch.offsets == [0, 2]  # the null key's event after its session waits
     assert offsets(b.take_sessions({None}, 8)) == []  # the null key's first event in flight
+    b.keys_freed()
     assert offsets(b.take_sessions(set(), 8)) == [1]
     assert b.take(1.0, True, {None}) is None
 
