@@ -131,7 +131,8 @@ def _throughput(s: dict[str, Any]) -> list[str]:
     med = s["median"]
     names = {
         "bare": "(a) bare consume loop (ceiling)",
-        "worker": "gr-s2s-consumer worker",
+        "worker": "gr-s2s-consumer worker (GR_MAX_UNCOMMITTED_EVENTS=5000)",
+        "worker_default": "gr-s2s-consumer worker, every default",
         "plain": "(b) plain script (poll, json, requests, sync commit)",
     }
     out = [
@@ -142,7 +143,7 @@ def _throughput(s: dict[str, Any]) -> list[str]:
         "| runner | events/s | vs ceiling | CPU s / M events | peak RSS MiB | requests |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for role in ("bare", "worker", "plain"):
+    for role in [r for r in names if r in med["events_per_s"]]:
         reqs = [r["simulator"]["requests"] for r in s["runs"] if r["role"] == role]
         out.append(
             f"| {names[role]} | {_n(med['events_per_s'][role])} | "

@@ -51,7 +51,7 @@ def run(ctx: Context) -> dict[str, Any]:
     try:
         sim = SimProcess(children)
         with ProcSampler(sim.pid) as sim_cpu:
-            order = ["bare", "worker", "plain"] * ctx.scale.throughput_repeats
+            order = ["bare", "worker", "worker_default", "plain"] * ctx.scale.throughput_repeats
             for i, role in enumerate(order):
                 r = _one(ctx, children, sim, sim_cpu, topic, role, i, n)
                 runs.append(r)
@@ -84,9 +84,13 @@ def _one(
     group = f"bench-{role}-{i}-{uuid.uuid4().hex[:6]}"
     sim.reset()
     common = ["--bootstrap", ctx.bootstrap, "--topic", topic, "--group", group]
-    if role == "worker":
-        env = worker_env(ctx.bootstrap, topic, group, sim.url)
-        child = children.spawn(f"worker-{i}", runner_args("worker", "--expect", str(n)), env)
+    if role in ("worker", "worker_default"):
+        # The key here is unlimited: "worker" raises the run-ahead bound (GR_MAX_UNCOMMITTED_EVENTS,
+        # 200 by default: what a hard kill may make the next owner resend, per partition) to
+        # 5,000, as a user of such a key would; "worker_default" keeps every default.
+        extra = {"GR_MAX_UNCOMMITTED_EVENTS": "5000"} if role == "worker" else {}
+        env = worker_env(ctx.bootstrap, topic, group, sim.url, **extra)
+        child = children.spawn(f"{role}-{i}", runner_args("worker", "--expect", str(n)), env)
     elif role == "bare":
         args = runner_args("bare", *common, "--expect", str(n))
         child = children.spawn(f"bare-{i}", args, child_env({}))
@@ -124,7 +128,7 @@ def _one(
     split = res.get("cpu_split_end")
     if split:
         out["cpu_system_share"] = split["system"] / max(split["user"] + split["system"], 1e-9)
-    if role == "worker":
+    if role.startswith("worker"):
         out["worker_stats"] = res["stats"]
         out["thread_cpu_s"] = res.get("thread_cpu_s")
         out["startup_s"] = round(t_first - float(res["t_start"]), 2)
@@ -174,8 +178,9 @@ def _median(runs: list[dict[str, Any]], role: str, key: str) -> float:
 def _summary(
     n: int, produce_s: float, runs: list[dict[str, Any]], capacity: dict[str, Any]
 ) -> dict[str, Any]:
-    eps = {role: _median(runs, role, "events_per_s") for role in ("bare", "worker", "plain")}
-    cpu_m = {role: _median(runs, role, "cpu_s_per_million") for role in ("bare", "worker", "plain")}
+    roles = ("bare", "worker", "worker_default", "plain")
+    eps = {role: _median(runs, role, "events_per_s") for role in roles}
+    cpu_m = {role: _median(runs, role, "cpu_s_per_million") for role in roles}
     rss = {role: max(r["peak_rss_mib"] for r in runs if r["role"] == role) for role in eps}
     worker_runs = [r for r in runs if r["role"] == "worker"]
     asked = max(r["simulator"]["requests_per_s"] for r in worker_runs)
@@ -191,6 +196,7 @@ def _summary(
             "worker_vs_ceiling": eps["worker"] / eps["bare"],
             "worker_vs_plain_events_per_s": eps["worker"] / eps["plain"],
             "plain_vs_worker_cpu_per_million": cpu_m["plain"] / cpu_m["worker"],
+            "default_bound_vs_raised": eps["worker_default"] / eps["worker"],
         },
         "simulator_alone": capacity,
         "simulator_headroom": {
