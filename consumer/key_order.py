@@ -28,7 +28,7 @@ from itertools import islice, repeat
 from operator import itemgetter
 from typing import Generic
 
-from consumer.batching import WRAPPER_BYTES, Batch, Item, Ref, body_size
+from consumer.batching import Batch, Item, Ref, body_size
 from consumer.events import Route
 
 # How far past the head a cut looks for events free to go: a bound on the work per
@@ -177,7 +177,7 @@ class KeyOrderBatcher(Generic[Ref]):
         blocked: set[bytes | None] = set()
         taken = []
         kept: list[Item[Ref]] = []
-        size = WRAPPER_BYTES - 1
+        size = body_size(0, 0)  # grows as body_size does: each event's bytes and one
         look = _LOOK_AHEAD * limit
         scanned = 0
         batch_route = Route.BATCH

@@ -158,7 +158,7 @@ class Actions:
     paused_by: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.pause or self.resume or self.check_committed)
+        return bool(self.pause or self.resume or self.check_committed or self.paused_by)
 
 
 @dataclass(slots=True)
@@ -713,7 +713,7 @@ class Ledger:
             if BUFFER_FULL in reasons:
                 if not over_total and pending < cap_events // 2 and pbytes < cap_bytes // 2:
                     reasons.discard(BUFFER_FULL)
-            elif pending >= cap_events or pbytes >= cap_bytes or (over_total and pending):
+            elif pending >= cap_events or pbytes >= cap_bytes or over_total:
                 reasons.add(BUFFER_FULL)
                 act.paused_by[BUFFER_FULL] = act.paused_by.get(BUFFER_FULL, 0) + 1
             # the run-ahead hold (`uncommitted`) holds delivery, not fetching: a pause

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from consumer.batching import Item
 from consumer.events import Route
 from consumer.key_order import KeyOrderBatcher
@@ -99,3 +102,49 @@ def test_the_ledger_sends_session_events_beside_the_batch_and_frees_their_keys()
     assert last.batch.offsets == [4]
     led.result(ok(last), 1.6)
     assert led.commits_due(2.0) == [(("t", 0), 5)]
+
+
+_KEYS = st.one_of(st.none(), st.integers(0, 15).map(lambda k: b"k%d" % k))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=100),
+    keys=st.lists(_KEYS, min_size=100, max_size=100),
+    sessions=st.lists(st.integers(0, 9).map(lambda n: n == 0), min_size=100, max_size=100),
+    busy=st.sets(_KEYS, max_size=3),
+    max_bytes=st.integers(40, 400),
+    max_events=st.integers(1, 100),
+)
+def test_every_batch_cut_fits_the_byte_cap_and_the_counts_stay_true(
+    sizes: list[int],
+    keys: list[bytes | None],
+    sessions: list[bool],
+    busy: set[bytes | None],
+    max_bytes: int,
+    max_events: int,
+) -> None:
+    """Whichever way a batch is cut (the head as is, or around busy keys and sessions),
+    its body is within the cap and the queue's byte count matches what waits."""
+    events = [
+        Item(
+            i,
+            b'"' + b"x" * (n - 2) + b'"' if n >= 2 else b"1",
+            Route.SESSION_START if sessions[i] else Route.BATCH,
+            None,
+            0.0,
+            keys[i],
+        )
+        for i, n in enumerate(sizes)
+    ]
+    b: KeyOrderBatcher[None] = KeyOrderBatcher(max_events, max_bytes, 0.0)
+    b.add_many(events, sum(len(e.raw) for e in events), sum(sessions[: len(events)]))
+    for held in (busy, set()):
+        while (batch := b.take(1.0, True, held)) is not None:
+            assert len(batch.body) <= max_bytes
+            assert len(batch.items) <= max_events
+            assert batch.payload_bytes == sum(len(i.raw) for i in batch.items)
+        b.take_sessions(set(), 100)
+        b.keys_freed()
+    waiting = b.clear()
+    assert sum(len(i.raw) for i in waiting) <= sum(len(e.raw) for e in events)

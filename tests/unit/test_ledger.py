@@ -374,3 +374,20 @@ def test_the_record_the_commit_waits_for_goes_out_even_past_the_run_ahead_bound(
     assert job.batch.offsets == [0]
     led.result(ok(job), 1.0)
     assert led.commits_due(1.1) == [(P0, 11)]
+
+
+def test_over_the_total_cap_every_partition_stops_fetching_even_with_all_in_flight() -> None:
+    """Bytes in requests count: a partition whose events all went out still holds them,
+    so over the total every partition pauses, or each fetch adds to what is held."""
+    led = ledger(max_buffered_bytes=20 * len(RAW), batch_max_events=100)
+    led.assigned([P0, P1], 0.0)
+    read(led, P0, list(range(30)))
+    read(led, P1, list(range(30)))
+    jobs = led.next_jobs(1.0, True, 8)
+    assert len(jobs) == 2  # every event in flight, nothing pending
+    assert led.buffered_bytes == 60 * len(RAW)
+    act = led.flow(1.0)
+    assert sorted(act.pause) == [P0, P1]
+    for job in jobs:
+        led.result(ok(job), 2.0)
+    assert sorted(led.flow(2.0).resume) == [P0, P1]  # below the cap again
