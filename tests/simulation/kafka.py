@@ -229,8 +229,11 @@ class SimConsumer:
             self.paused.discard(tp.partition)
 
     def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        # as librdkafka: the question waits for a coordinator, up to its timeout
+        until = self.world.now + timeout
+        while not self.cluster.coordinator_up and self.world.now < until:
+            self.world.block(min(0.1, until - self.world.now))
         if not self.cluster.coordinator_up:
-            self.world.block(timeout)
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         self.world.block(0.002)
         return [
@@ -265,11 +268,17 @@ class SimConsumer:
                 raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
             self._apply(done, generation)
             return done
-        if not cluster.coordinator_up or rng.random() < cluster.commit_silence_rate:
-            return None  # never answered (the request waits for a coordinator)
+        if rng.random() < cluster.commit_silence_rate:
+            return None  # never answered
         refused = rng.random() < cluster.commit_refuse_rate
 
         def answer() -> None:
+            if self.closed:
+                return
+            if not cluster.coordinator_up:
+                # as librdkafka: the request waits for a coordinator, then goes
+                self.world.after(0.1, answer)
+                return
             if refused or (cluster.generation != generation and not self._still_owned(done)):
                 self._answers.append((KafkaError(KafkaError.REBALANCE_IN_PROGRESS), done))
                 return

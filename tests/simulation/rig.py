@@ -60,6 +60,7 @@ class Rig:
             max_uncommitted=settings.max_uncommitted_events,
             batch_max_events=settings.batch_max_events,
             shutdown_timeout_s=settings.shutdown_timeout_s,
+            held_up_s=settings.http_timeout_s + settings.retry_max_s,
             ordering=getattr(settings, "ordering", "partition"),
         )
         checker = Checker(world, bounds)
