@@ -13,6 +13,7 @@ an error callback with `_FATAL`, delivery reports and `produce` failing.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -108,6 +109,8 @@ class SimConsumer:
         self.assigned: dict[int, int] = {}  # partition -> fetch position
         self.paused: set[int] = set()
         self._answers: list[tuple[KafkaError | None, list[TopicPartition]]] = []
+        self._commit_queue: deque[tuple[list[TopicPartition], int, bool]] = deque()
+        self._pumping = False
         # (revoke, assign, lost) waiting to be delivered inside the next consume
         self._rebalances: list[tuple[list[int], list[int], bool]] = []
         self._rr = 0
@@ -271,22 +274,32 @@ class SimConsumer:
         if rng.random() < cluster.commit_silence_rate:
             return None  # never answered
         refused = rng.random() < cluster.commit_refuse_rate
+        # one connection to the coordinator: commits are answered in the order sent,
+        # those that waited for a coordinator before the ones sent after it came back
+        self._commit_queue.append((done, generation, refused))
+        if not self._pumping:
+            self._pumping = True
+            self.world.after(rng.uniform(0.001, 0.05), self._pump_commits)
+        return None
 
-        def answer() -> None:
-            if self.closed:
-                return
-            if not cluster.coordinator_up:
-                # as librdkafka: the request waits for a coordinator, then goes
-                self.world.after(0.1, answer)
-                return
+    def _pump_commits(self) -> None:
+        cluster = self.cluster
+        if self.closed:
+            self._commit_queue.clear()
+            self._pumping = False
+            return
+        if not cluster.coordinator_up:
+            # as librdkafka: the requests wait for a coordinator, then go
+            self.world.after(0.1, self._pump_commits)
+            return
+        while self._commit_queue:
+            done, generation, refused = self._commit_queue.popleft()
             if refused or (cluster.generation != generation and not self._still_owned(done)):
                 self._answers.append((KafkaError(KafkaError.REBALANCE_IN_PROGRESS), done))
-                return
+                continue
             self._apply(done, generation)
             self._answers.append((None, done))
-
-        self.world.after(rng.uniform(0.001, 0.05), answer)
-        return None
+        self._pumping = False
 
     def _still_owned(self, tps: list[TopicPartition]) -> bool:
         return all(tp.partition in self.assigned for tp in tps)
