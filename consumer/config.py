@@ -34,6 +34,15 @@ _OWNED_KAFKA_KEYS = {
 # Our own KAFKA_* names that are not librdkafka pass-through.
 _OWN_KAFKA_VARS = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPICS", "KAFKA_GROUP_ID", "KAFKA_DLQ_TOPIC"}
 _SECRET_WORDS = ("password", "secret", "token", "private.key", "key.pem", "sasl.jaas")
+# What a kubelet injects into every container for each Service of the pod's
+# namespace (unless the pod sets enableServiceLinks: false): a Service named
+# `kafka` or `kafka-ui` yields KAFKA_SERVICE_HOST, KAFKA_PORT,
+# KAFKA_PORT_9092_TCP_ADDR, KAFKA_UI_SERVICE_PORT_HTTP... No librdkafka
+# property is spelt like these, so they are left out of the pass-through.
+_SERVICE_LINK = re.compile(
+    r"^KAFKA(?:_[A-Z0-9_]+)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)$"
+)
 
 
 class Secret:
@@ -132,6 +141,8 @@ class Settings:
     stall_timeout_s: float = 900.0
     log_level: str = "INFO"
     log_format: str = "json"
+    # KAFKA_* variables left out of the pass-through: a kubelet's service links
+    ignored_variables: tuple[str, ...] = ()
 
     @property
     def topic_patterns(self) -> list[str]:
@@ -248,10 +259,16 @@ def _topics(env: Mapping[str, str]) -> tuple[str, ...]:
     return topics
 
 
+def service_links(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The KAFKA_* variables a kubelet injected for Services, not meant for librdkafka."""
+    return tuple(sorted(name for name in env if _SERVICE_LINK.match(name)))
+
+
 def _kafka_extra(env: Mapping[str, str]) -> dict[str, str | Secret]:
     extra: dict[str, str | Secret] = {}
+    links = set(service_links(env))
     for name, value in env.items():
-        if not name.startswith("KAFKA_") or name in _OWN_KAFKA_VARS:
+        if not name.startswith("KAFKA_") or name in _OWN_KAFKA_VARS or name in links:
             continue
         key = name[len("KAFKA_") :].lower().replace("_", ".")
         if not key:
@@ -386,4 +403,5 @@ def load(env: Mapping[str, str]) -> Settings:
         stall_timeout_s=_float(env, "GR_STALL_TIMEOUT_S", 900.0, 0.0, 86_400),
         log_level=_choice(env, "GR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         log_format=_choice(env, "GR_LOG_FORMAT", "json", ("json", "text")),
+        ignored_variables=service_links(env),
     )
