@@ -104,7 +104,7 @@ step "tools (scripts/deploy-tools.sh)"
 tool_env="$("$ROOT/scripts/deploy-tools.sh")" || { echo "FAILED: tool set-up" >&2; exit 1; }
 while IFS='=' read -r key value; do
     case "$key" in
-        TOOLS_DIR | HELM | PROMTOOL | HELM_UNITTEST | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
+        TOOLS_DIR | HELM | PROMTOOL | PROMETHEUS | HELM_UNITTEST | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
     esac
 done <<<"$tool_env"
 TOOLS_PY="$(dirname "$CHECKOV")/python"
@@ -246,9 +246,8 @@ if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
         k8s_env="$(cat "$K8S_ENV")"
         while IFS='=' read -r key value; do
             case "$key" in
-                ETCD) export GR_ETCD="$value" ;;
-                KUBE_APISERVER) export GR_KUBE_APISERVER="$value" ;;
-                KUBE_CONTROLLER_MANAGER) export GR_KUBE_CONTROLLER_MANAGER="$value" ;;
+                ETCD | KUBE_APISERVER | KUBE_CONTROLLER_MANAGER | KUBE_SCHEDULER | KUBELET | KUBE_PROXY | KUBECTL | COREDNS | PAUSE | NODE_PACKAGES)
+                    export "GR_$key=$value" ;;
             esac
         done <<<"$k8s_env"
         "$GR_KUBE_APISERVER" --version
@@ -290,7 +289,7 @@ if [[ "${SKIP_PYTEST:-0}" != 1 ]]; then
     mkdir -p "$ROOT/build"
     export GR_SBOM_OUT="${GR_SBOM_OUT:-$ROOT/build/sbom.cdx.json}"
     # shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose
-    GR_HELM="$HELM" GR_PROMTOOL="$PROMTOOL" "$PYTHON" -m pytest tests/deploy ${PYTEST_ARGS:-} \
+    GR_HELM="$HELM" GR_PROMTOOL="$PROMTOOL" GR_PROMETHEUS="$PROMETHEUS" "$PYTHON" -m pytest tests/deploy ${PYTEST_ARGS:-} \
         || fail "pytest tests/deploy"
     if [[ -s "$GR_SBOM_OUT" ]]; then echo "SBOM of the image: $GR_SBOM_OUT"; fi
 fi
