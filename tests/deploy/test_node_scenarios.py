@@ -137,6 +137,20 @@ def owned_partitions(metrics: str) -> set[int]:
     }
 
 
+def diagnose(env: NodeEnv, namespace: str) -> str:
+    """The pods' conditions, container states and last log lines, for a failure message."""
+    out = []
+    for pod in env.pods(namespace):
+        name = pod["metadata"]["name"]
+        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        states = [c.get("state") for c in pod.get("status", {}).get("containerStatuses", [])]
+        out.append(
+            f"--- {name} {conds} {states}\n"
+            + "\n".join(env.logs(namespace, name).splitlines()[-25:])
+        )
+    return "\n".join(out)
+
+
 def report(name: str, **facts: Any) -> None:
     """One line per scenario with what reached the API, kept in the test's output."""
     print(f"\n[scenario] {name}: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
@@ -222,8 +236,11 @@ def test_the_documented_install_runs_as_written(pods_cluster: NodeEnv, sim: Simu
     )
 
     # No KEDA operator runs here: the Deployment has no replicas field and runs one.
-    (pod,) = env.pods("gr-s2s-consumer", "gr-s2s-consumer")
-    assert pod_ready(pod)
+    try:
+        wait_for(lambda: [p for p in env.pods("gr-s2s-consumer") if pod_ready(p)], 60, "ready")
+    except AssertionError:
+        pytest.fail(f"the worker is not ready:\n{diagnose(env, 'gr-s2s-consumer')}")
+    assert len(env.pods("gr-s2s-consumer", "gr-s2s-consumer")) == 1
     n = 2400
     _produce_from(env, "game-events", 12, 0, n)
     got = wait_delivered(sim, n, 120)
@@ -389,19 +406,37 @@ def test_a_deleted_pod_and_a_force_deleted_one(pods_cluster: NodeEnv, sim: Simul
                  120, "two ready workers again")  # fmt: skip
         wait_for(lambda: len(seqs(sim)) > feeder.done * 0.5 + 2000, 90, "delivery goes on")
         dupes_graceful = sum(c - 1 for c in seqs(sim).values())
-        victim = next(p for p in env.pods(ns, "gr-s2s-consumer") if pod_ready(p))
-        owned = owned_partitions(pod_metrics(victim))
+
+        # A worker that owns partitions (its lag gauges say which, within a statistics
+        # interval of the assignment).
+        def a_victim() -> tuple[dict[str, Any], set[int]] | None:
+            for pod in env.pods(ns, "gr-s2s-consumer"):
+                if pod_ready(pod) and (parts := owned_partitions(pod_metrics(pod))):
+                    return pod, parts
+            return None
+
+        victim, owned = wait_for(a_victim, 60, "a worker owning partitions")
+        # Slow answers now: the forced worker cannot finish its requests in the two
+        # seconds a force-deleted pod gets before SIGKILL.
+        sim.set_latency((2.5, 3.5))
+        time.sleep(1)
         before = committed(env.kafka.bootstrap, group, topic, partitions)
+        killed_at = time.monotonic()
         env.node.kubectl("-n", ns, "delete", "pod", victim["metadata"]["name"], "--force",
                          "--grace-period=0", timeout=60)  # fmt: skip
+        time.sleep(3)
+        sim.set_latency((0.1, 0.3))
         feeder.join(180)
-        got = wait_delivered(sim, n, 240)
+        got = wait_delivered(sim, n, 300)
         offsets = wait_committed(env, group, topic, partitions, n)
+        recovered_s = time.monotonic() - killed_at
         time.sleep(2)
     dupes = {s: c - 1 for s, c in got.items() if c > 1}
     report("deleted and force-deleted", events=n, delivered=len(got),
            duplicates_after_graceful_delete=dupes_graceful, duplicates_total=sum(dupes.values()),
+           duplicates_by_partition=dict(collections.Counter(s % partitions for s in dupes)),
            forced_pod_partitions=sorted(owned), committed=sum(offsets),
+           all_delivered_s_after_force_delete=round(recovered_s),
            exit_codes=watch.exit_codes())  # fmt: skip
     assert len(got) == n, "events lost"
     assert dupes_graceful == 0
@@ -413,6 +448,9 @@ def test_a_deleted_pod_and_a_force_deleted_one(pods_cluster: NodeEnv, sim: Simul
         assert offset >= before[partition], (
             f"event {s} (offset {offset}) sent twice though committed ({before[partition]})"
         )
+        # ...and within what a worker holds delivered-but-uncommitted per partition
+        # (GR_MAX_UNCOMMITTED_EVENTS, 5,000) plus the batch in flight.
+        assert offset < before[partition] + 5000 + 100, (s, before)
 
 
 # ----------------------------------------------------------------- readiness
