@@ -69,13 +69,14 @@ class Feeder(threading.Thread):
         self.env, self.topic, self.partitions = env, topic, partitions
         self.start_seq, self.n, self.rate = start, n, rate
         self.done = 0
+        self.stop_event = threading.Event()
 
     def run(self) -> None:
         producer = _producer(self.env)
         chunk = max(1, int(self.rate / 5))
         next_at = time.monotonic()
         i, end = self.start_seq, self.start_seq + self.n
-        while i < end:
+        while i < end and not self.stop_event.is_set():
             count = min(chunk, end - i)
             _produce_from(self.env, self.topic, self.partitions, i, count, producer)
             i += count
