@@ -773,9 +773,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 kubelet = self._by_name("kubelet")
                 if kubelet is None or kubelet.popen.poll() is not None:
                     break
-                if not api.items("/api/v1/pods") and not self._sandboxes():
+                # Pods gone from the API and nothing left running: the kubelet has
+                # stopped their sandboxes (network torn down). The stopped sandbox
+                # containers wait for its garbage collection (a minute); close()
+                # removes them.
+                if not api.items("/api/v1/pods") and not self._running_tasks():
                     break
                 time.sleep(1)
+
+    def _running_tasks(self) -> list[str]:
+        try:
+            lines = self.ctr("tasks", "ls").splitlines()[1:]
+        except (RuntimeError, subprocess.SubprocessError, OSError):
+            return []
+        return [line for line in lines if "RUNNING" in line]
 
     def _sandboxes(self) -> list[str]:
         try:
