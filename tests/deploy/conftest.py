@@ -223,4 +223,6 @@ def pods_cluster(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     assert image is not None
     with node_env(tmp_path_factory.mktemp("pods"), helm, image) as env:
         yield env
-        print(f"\n[node] {', '.join(f'{k} {v:.1f} s' for k, v in env.timings.items())}")
+        from tests.deploy.node_env import report
+
+        report(f"[node] {', '.join(f'{k} {v:.1f} s' for k, v in env.timings.items())}")

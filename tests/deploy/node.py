@@ -210,12 +210,24 @@ def _remove_nft_tables(before: list[str]) -> None:
             _run("nft", "delete", "table", family, name, check=False)
 
 
+# containerd names the pods' network namespaces cni-*; others (podman's netns-*)
+# live in the same directory and are not the node's.
+NETNS_DIR = Path("/run/netns")
+NETNS_PREFIX = "/run/netns/cni-"
+
+
+def _node_mount(point: str, prefixes: tuple[Path, ...]) -> bool:
+    if point == str(NETNS_DIR) or point.startswith(f"{NETNS_DIR}/"):
+        return point.startswith(NETNS_PREFIX)  # podman bind-mounts the directory itself
+    return any(point == str(p) or point.startswith(f"{p}/") for p in prefixes)
+
+
 def _mounts(prefixes: tuple[Path, ...]) -> list[str]:
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
     points = []
     for line in lines:
         root, point = line.split()[3:5]
-        if any(point == str(p) or point.startswith(f"{p}/") for p in prefixes):
+        if _node_mount(point, prefixes):
             points.append(f"{point} (root {root})")
     return sorted(points)
 
@@ -825,7 +837,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 _remove_nft_tables(self.before.nft_tables)
         finally:
             self._stack.close()  # the control plane
-            self._unmount_under((self.workdir, self.run_dir, Path("/run/netns")))
+            self._unmount_under((self.workdir, self.run_dir))
             if Path(f"/sys/class/net/{BRIDGE}").exists():
                 _run("ip", "link", "del", BRIDGE, check=False)
             self._remove_cgroups()
@@ -837,16 +849,20 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 fcntl.flock(self._lock, fcntl.LOCK_UN)
                 self._lock.close()
 
-    @staticmethod
-    def _unmount_under(roots: tuple[Path, ...]) -> None:
+    def _unmount_under(self, roots: tuple[Path, ...]) -> None:
+        """What is still mounted in the node's directories, and the pods' network
+        namespaces it made (never a mount that was there before it started)."""
+        before = set(self.before.mounts) if self.before else set()
         for _ in range(3):
-            points = [
-                line.split()[4]
-                for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                if any(
-                    line.split()[4] == str(r) or line.split()[4].startswith(f"{r}/") for r in roots
-                )
-            ]
+            points = []
+            for line in Path("/proc/self/mountinfo").read_text().splitlines():
+                root, point = line.split()[3:5]
+                if f"{point} (root {root})" in before:
+                    continue
+                if point.startswith(NETNS_PREFIX) or any(
+                    point == str(r) or point.startswith(f"{r}/") for r in roots
+                ):
+                    points.append(point)
             if not points:
                 return
             for point in sorted(points, key=len, reverse=True):

@@ -166,6 +166,16 @@ class NodeEnv:
         return self.node.kubectl(*args, check=False)
 
 
+def report(line: str) -> None:
+    """A result line of the node tests: printed, and kept in GR_NODE_REPORT when set
+    (deploy-check.sh shows that file at the end, since pytest captures the output)."""
+    print(f"\n{line}")
+    path = os.environ.get("GR_NODE_REPORT")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
 def pod_ready(pod: dict[str, Any]) -> bool:
     return any(
         c["type"] == "Ready" and c["status"] == "True"

@@ -37,7 +37,7 @@ from gr_devtools.simulator import Simulator
 from gr_devtools.simulator_core import Response, error_body
 from tests.deploy.conftest import CHART
 from tests.deploy.node import GATEWAY
-from tests.deploy.node_env import API_KEY, NodeEnv, base_values, new_topic, wait_for
+from tests.deploy.node_env import API_KEY, NodeEnv, base_values, new_topic, report, wait_for
 from tests.deploy.test_node_scenarios import Feeder, seqs
 from tests.support.events import encode, transaction
 from tests.support.kafka_io import produce
@@ -343,10 +343,10 @@ def test_each_alert_fires_in_its_fault_and_none_in_routine_work(
             feeder.stop_event.set()
         for sim in sims.values():
             sim.stop()
-    print(f"\n[alerts] rotation at {rotated_at:.0f} s, rolling update done at {rolled_at:.0f} s, "
+    report(f"[alerts] rotation at {rotated_at:.0f} s, rolling update done at {rolled_at:.0f} s, "
           f"key revoked at {revoked_at:.0f} s; answers to the rotated release {refused_after_rotation}")  # fmt: skip
     for key, at in sorted(seen.items(), key=lambda kv: kv[1]):
-        print(f"[alerts] {key[0]} {key[1]}{'[' + key[2] + ']' if key[2] else ''} firing at {at} s")
+        report(f"[alerts] {key[0]} {key[1]}{'[' + key[2] + ']' if key[2] else ''} firing at {at} s")
     fired = {(a, n) for a, n, _ in seen}
     assert expected <= fired, f"did not fire: {expected - fired}"
     # The chart's key alert waited for the sustained refusal, not the rotation's.

@@ -38,6 +38,9 @@ from tests.deploy.node_env import (
     restarts,
     wait_for,
 )
+from tests.deploy.node_env import (
+    report as report_line,
+)
 from tests.support.events import encode, seq_of, transaction
 from tests.support.kafka_io import committed
 
@@ -153,8 +156,8 @@ def diagnose(env: NodeEnv, namespace: str) -> str:
 
 
 def report(name: str, **facts: Any) -> None:
-    """One line per scenario with what reached the API, kept in the test's output."""
-    print(f"\n[scenario] {name}: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
+    """One line per scenario with what reached the API."""
+    report_line(f"[scenario] {name}: " + ", ".join(f"{k}={v}" for k, v in facts.items()))
 
 
 # ---------------------------------------------------------------- the documented install

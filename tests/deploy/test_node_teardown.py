@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.deploy.node_env import NodeEnv
+from tests.deploy.node_env import NodeEnv, report
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def test_the_machine_is_left_as_found(pods_cluster: NodeEnv) -> None:
     after = node.machine_state()
     after.processes = type(after).read((), pids).processes  # every pid the node started
     problems = before.differences(after)
-    print(f"\n[teardown] {took:.1f} s; {len(during.iptables)} node rules and chains, "
+    report(f"[teardown] {took:.1f} s; {len(during.iptables)} node rules and chains, "
           f"{len(during.mounts)} mounts, {len(during.cgroups)} cgroups while running; "
           f"differences after: {problems or 'none'}")  # fmt: skip
     assert not problems, "\n".join(problems)
