@@ -271,8 +271,11 @@ class PodWatch:
         api = self.env.api
         http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(self.env.node.plane.ca))  # type: ignore[union-attr]
         headers = {"Authorization": api._headers["Authorization"]}
+        version = ""  # each watch goes on from the last event seen: no gap between them
         while not self._stop.is_set():
             url = f"{api.url}/api/v1/namespaces/{self.namespace}/pods?watch=1&timeoutSeconds=5"
+            if version:
+                url += f"&resourceVersion={version}&allowWatchBookmarks=true"
             with contextlib.suppress(urllib3.exceptions.HTTPError):
                 resp = http.request("GET", url, headers=headers, preload_content=False,
                                     timeout=urllib3.Timeout(connect=5, read=10))  # fmt: skip
@@ -282,10 +285,17 @@ class PodWatch:
                     while b"\n" in buf:
                         line, buf = buf.split(b"\n", 1)
                         if line.strip():
-                            self._event(orjson.loads(line))
+                            event = orjson.loads(line)
+                            if event.get("type") == "ERROR":  # too old: list afresh
+                                version = ""
+                                continue
+                            version = event["object"]["metadata"].get("resourceVersion", version)
+                            self._event(event)
                 resp.release_conn()
 
     def _event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "BOOKMARK":
+            return
         pod = event.get("object", {})
         name = pod.get("metadata", {}).get("name")
         if not name:
