@@ -742,6 +742,7 @@ def test_dashboard_configmap(scenarios: dict[str, Rendered]) -> None:
         "gr_delivery_retries_total",
         "gr_partitions_paused",
         "gr_commit_lag",
+        "gr_partition_consumer_lag",
         "gr_rate_limit_remaining",
         "gr_rate_limit_limit",
         "gr_request_events_bucket",
@@ -759,7 +760,8 @@ def test_dashboard_configmap(scenarios: dict[str, Rendered]) -> None:
     (panel,) = [p for p in dashboard["panels"] if p["title"] == "API budget use and lag"]
     panel_exprs = [t["expr"] for t in panel["targets"]]
     assert "/ $budget_rpm" in panel_exprs[0]
-    assert "gr_commit_lag" in panel_exprs[1]
+    # Lag as the group sees it (log-end minus committed), one report per partition.
+    assert "max by (topic, partition) (gr_partition_consumer_lag" in panel_exprs[1]
     assert not [
         c for c in scenarios["default"].of_kind("ConfigMap") if "dashboard" in c["metadata"]["name"]
     ]
