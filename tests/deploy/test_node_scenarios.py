@@ -398,6 +398,9 @@ def test_a_deleted_pod_and_a_force_deleted_one(pods_cluster: NodeEnv, sim: Simul
     group = f"g-{topic}"
     sim.set_latency((0.1, 0.3))  # requests in flight when the kill comes
     values = base_values(env, f"http://{GATEWAY}:{sim.port}", topic, group, partitions, 2)
+    # A killed worker never leaves the group: its partitions wait for the session to
+    # expire (45 s by default) before they move. 10 s keeps the test short.
+    values["kafka"]["config"] = {"session.timeout.ms": 10000}
     env.install("gr-s2s-consumer", ns, values)
     n = 30000
     with PodWatch(env, ns) as watch:
