@@ -38,12 +38,9 @@ lint: setup
 	$(BIN)/python -m consumer.schema_export --check
 
 # The README's test command; .ci/run calls exactly this. tests/deploy runs inside
-# deploy-check.sh, which first builds the tools, the image and the cluster: those
-# builds start first, in the background under the SCHED_IDLE policy, so that they
-# use only the cores the main suite leaves idle.
+# deploy-check.sh, which first builds the tools, the image and the cluster.
 test: lint kafka-jars
-	bash scripts/deploy-check.sh --prefetch
-	$(BIN)/pytest --ignore=tests/deploy --durations=15 || { bash scripts/deploy-check.sh --stop-prefetch; exit 1; }
+	$(BIN)/pytest --ignore=tests/deploy --durations=15
 	bash scripts/deploy-check.sh
 
 # Quick loop while coding: no broker, no deploy tools.

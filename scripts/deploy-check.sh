@@ -47,49 +47,6 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
-# --- the long builds, started ahead ------------------------------------------------------
-# `--prefetch` starts the set-up scripts (the Go builds, the image) in the background
-# and returns at once, so that they use the cores something else leaves idle (make
-# test: the main test suite, which mostly waits on its brokers). They run under the
-# SCHED_IDLE policy, so they never take a core from a process that wants it, until
-# this script, run normally, puts them back to the normal policy; it then waits for
-# them through the scripts' own locks and finds their work done. `--stop-prefetch`
-# stops them (a failed run).
-PREFETCH_DIR="$ROOT/build/prefetch"
-case "${1:-}" in
-    --prefetch)
-        mkdir -p "$PREFETCH_DIR"
-        for script in deploy-tools k8s-tools image-check; do
-            [[ "$script" == k8s-tools && "${SKIP_CLUSTER:-0}" == 1 ]] && continue
-            [[ "$script" == image-check && "${SKIP_IMAGE:-0}" == 1 ]] && continue
-            # setsid: its own process group, so it can be found and stopped as one
-            setsid chrt --idle 0 nice -n 19 bash "$ROOT/scripts/$script.sh" \
-                >"$PREFETCH_DIR/$script.env" 2>"$PREFETCH_DIR/$script.log" </dev/null &
-            echo "$!" >"$PREFETCH_DIR/$script.pid"
-        done
-        echo "deploy-check: set-up started in the background (logs in $PREFETCH_DIR)"
-        exit 0
-        ;;
-    --stop-prefetch)
-        for pidfile in "$PREFETCH_DIR"/*.pid; do
-            [[ -f "$pidfile" ]] || continue
-            kill -- "-$(cat "$pidfile")" 2>/dev/null || true
-            rm -f "$pidfile"
-        done
-        exit 0
-        ;;
-esac
-for pidfile in "$PREFETCH_DIR"/*.pid; do
-    [[ -f "$pidfile" ]] || continue
-    # Every process of the group back to the normal policy and priority; their
-    # children from now on inherit it.
-    for pid in $(pgrep -g "$(cat "$pidfile")" 2>/dev/null); do
-        chrt --other -p 0 "$pid" >/dev/null 2>&1 || true
-        renice -n 0 -p "$pid" >/dev/null 2>&1 || true
-    done
-    rm -f "$pidfile"
-done
-
 CHART="helm/gr-s2s-consumer"
 K8S_VERSION="${K8S_VERSION:-1.37.0}"
 # Custom resources: not in the Kubernetes core schemas. Skipped by exact kind;
