@@ -6,8 +6,9 @@
 #   make test          lint, types, schema drift, unit + integration + fault (CI size) + deploy checks
 #   make deploy-check  the deploy checks alone: chart lint/render/validate/scan, alerts
 #                      under promtool, the image built and run (buildah/podman), the
-#                      chart installed, upgraded and uninstalled on a real API server
-#                      (root; 31 min measured on a cold 2-core machine, ~1.5 min warm)
+#                      chart installed, upgraded and uninstalled on a real API server,
+#                      its pods run on a real node (root; see README, Deploying, for
+#                      the times measured cold and warm)
 #   make bench         the benchmarks (long; not part of test)
 
 PYTHON ?= python3
@@ -37,7 +38,7 @@ lint: setup
 	$(BIN)/python -m consumer.schema_export --check
 
 # The README's test command; .ci/run calls exactly this. tests/deploy runs inside
-# deploy-check.sh, which first builds the tools, the image and the control plane.
+# deploy-check.sh, which first builds the tools, the image and the cluster.
 test: lint kafka-jars
 	$(BIN)/pytest --ignore=tests/deploy --durations=15
 	bash scripts/deploy-check.sh

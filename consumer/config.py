@@ -51,6 +51,15 @@ _SECRET_WORDS = (
     "sasl.jaas",
     "sasl.oauthbearer.config",
 )
+# What a kubelet injects into every container for each Service of the pod's
+# namespace (unless the pod sets enableServiceLinks: false): a Service named
+# `kafka` or `kafka-ui` yields KAFKA_SERVICE_HOST, KAFKA_PORT,
+# KAFKA_PORT_9092_TCP_ADDR, KAFKA_UI_SERVICE_PORT_HTTP... No librdkafka
+# property is spelt like these, so they are left out of the pass-through.
+_SERVICE_LINK = re.compile(
+    r"^KAFKA(?:_[A-Z0-9_]+)?_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?"
+    r"|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)$"
+)
 
 
 class Secret:
@@ -169,6 +178,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     ordering: str = "key"
+    # KAFKA_* variables left out of the pass-through: a kubelet's service links
+    ignored_variables: tuple[str, ...] = ()
 
     def consumes(self, topic: str) -> bool:
         """Whether the service reads `topic`: named in KAFKA_TOPICS, or matched by one of
@@ -297,10 +308,16 @@ def _topics(env: Mapping[str, str]) -> tuple[str, ...]:
     return topics
 
 
+def service_links(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The KAFKA_* variables a kubelet injected for Services, not meant for librdkafka."""
+    return tuple(sorted(name for name in env if _SERVICE_LINK.match(name)))
+
+
 def _kafka_extra(env: Mapping[str, str]) -> dict[str, str | Secret]:
     extra: dict[str, str | Secret] = {}
+    links = set(service_links(env))
     for name, value in env.items():
-        if not name.startswith("KAFKA_") or name in _OWN_KAFKA_VARS:
+        if not name.startswith("KAFKA_") or name in _OWN_KAFKA_VARS or name in links:
             continue
         key = name[len("KAFKA_") :].lower().replace("_", ".")
         if not key:
@@ -538,4 +555,5 @@ def _load(env: Mapping[str, str], api_key: ApiKeySource | None) -> Settings:
         log_level=_choice(env, "GR_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         log_format=_choice(env, "GR_LOG_FORMAT", "json", ("json", "text")),
         ordering=_choice(env, "GR_ORDERING", "key", ("key", "partition")),
+        ignored_variables=service_links(env),
     )

@@ -134,6 +134,31 @@ class Metrics:
             ["cause"],
             registry=r,
         )
+        # Fed by consumer/lag.py from librdkafka's statistics.
+        self.partition_consumer_lag = Gauge(
+            "gr_partition_consumer_lag",
+            "Records of the partition the group has not committed past: log-end offset "
+            "minus committed offset",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.partition_committed_offset = Gauge(
+            "gr_partition_committed_offset",
+            "The group's committed offset on the partition (-1: none yet)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        # States, not counts: an alert can ask for one held for minutes.
+        self.key_refused = Gauge(
+            "gr_api_key_refused",
+            "1 while delivery is halted because the API refuses the key (401/403), else 0",
+            registry=r,
+        )
+        self.dlq_failing = Gauge(
+            "gr_dlq_write_failing",
+            "1 while DLQ writes fail (since the last failure, none succeeded), else 0",
+            registry=r,
+        )
 
         # Known label values start at zero, so dashboards and alerts see a
         # series before the first occurrence.
@@ -159,6 +184,11 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def watch(self, health: Health) -> None:
+        """The state gauges read `health` whenever they are scraped."""
+        self.key_refused.set_function(lambda: float(health.halted))
+        self.dlq_failing.set_function(lambda: float(health.dlq_failing_now))
 
 
 class Health:
@@ -235,6 +265,10 @@ class Health:
     def halted(self) -> bool:
         return self._key_problem is not None
 
+    @property
+    def dlq_failing_now(self) -> bool:
+        return self._dlq_problem is not None
+
     def live(self) -> tuple[bool, str]:
         age = self._clock.monotonic() - self._beat
         if age > self._stale_after:
@@ -294,6 +328,7 @@ class OpsServer:
     """/healthz, /readyz and /metrics on GR_HTTP_PORT (0 picks a free port)."""
 
     def __init__(self, port: int, metrics: Metrics, health: Health, host: str = "0.0.0.0") -> None:
+        metrics.watch(health)
         handler = type("Handler", (_Handler,), {"metrics": metrics, "health": health})
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True

@@ -33,6 +33,7 @@ from consumer.dlq import DlqRecord, DlqWriter, Source, dlq_headers
 from consumer.errors import WorkerFailedError
 from consumer.events import EventDecoder
 from consumer.kafka_config import consumer_config, producer_config
+from consumer.lag import LagGauges
 from consumer.ledger import TP, Actions, Ledger, Part
 from consumer.observe import Health, Metrics
 
@@ -97,6 +98,13 @@ class Worker:
         )
         self._consumer_conf = consumer_config(
             settings, on_commit=self._on_commit, **(consumer_overrides or {})
+        )
+        m = self.metrics
+        self._lag = LagGauges.install(
+            self._consumer_conf,
+            m.partition_consumer_lag,
+            m.partition_committed_offset,
+            lambda: self._ledger.parts,
         )
         self._consumer_factory = consumer_factory
         self._dispatch = dispatch.build(settings, self.metrics, self.health, clock, transport)
@@ -477,6 +485,7 @@ class Worker:
         return None
 
     def _drop_gauges(self, tps: list[TP]) -> None:
+        self._lag.forget(tps)
         for tp in tps:
             if self._gauges.pop(tp, None) is not None:
                 labels = (tp[0], str(tp[1]))

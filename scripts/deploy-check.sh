@@ -17,16 +17,22 @@
 #   6. image                   scripts/image-check.sh builds the unmodified
 #                              Dockerfile with buildah (in the background from the
 #                              start: it waits on the network while Go builds)
-#   7. control plane           scripts/k8s-tools.sh builds kube-apiserver and
-#                              kube-controller-manager (pinned), unpacks etcd (also
-#                              in the background from the start)
+#   7. cluster                 scripts/k8s-tools.sh builds kube-apiserver,
+#                              kube-controller-manager, kube-scheduler, kubelet,
+#                              kube-proxy and kubectl (pinned), CoreDNS (pinned) and
+#                              the pause binary, unpacks etcd and installs the node's
+#                              Debian packages (also in the background from the start)
 #   8. pytest tests/deploy     assertions over the rendered manifests and the schema,
 #                              the image's CycloneDX SBOM written to build/sbom.cdx.json,
 #                              the alerts under promtool, an install of the built
 #                              wheel into a fresh venv, the image run with podman
 #                              (uid 10001, read-only) against the local broker and
-#                              simulator, and the chart installed, upgraded and
-#                              uninstalled on the control plane
+#                              simulator, the chart installed, upgraded and
+#                              uninstalled on the control plane, and the chart's
+#                              pods run on a real node (the documented install, a
+#                              Service named kafka, a rolling update, deleted and
+#                              force-deleted pods, readiness, the alerts in a real
+#                              Prometheus, the node's teardown)
 #
 # Environment:
 #   K8S_VERSION      Kubernetes version to validate against (default 1.37.0)
@@ -35,7 +41,7 @@
 #   PYTEST_ARGS      extra pytest arguments
 #   SKIP_PYTEST=1    stop after the static checks (pytest runs them itself too)
 #   SKIP_IMAGE=1     no image build (its tests skip)
-#   SKIP_CLUSTER=1   no control plane (its tests skip)
+#   SKIP_CLUSTER=1   no control plane and no node (their tests skip)
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -104,7 +110,7 @@ step "tools (scripts/deploy-tools.sh)"
 tool_env="$("$ROOT/scripts/deploy-tools.sh")" || { echo "FAILED: tool set-up" >&2; exit 1; }
 while IFS='=' read -r key value; do
     case "$key" in
-        TOOLS_DIR | HELM | PROMTOOL | HELM_UNITTEST | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
+        TOOLS_DIR | HELM | PROMTOOL | PROMETHEUS | HELM_UNITTEST | HADOLINT | CHECKOV | KUBERNETES_VALIDATE) printf -v "$key" '%s' "$value" ;;
     esac
 done <<<"$tool_env"
 TOOLS_PY="$(dirname "$CHECKOV")/python"
@@ -237,7 +243,7 @@ checkov_report "Dockerfile" "$report" || { cat "$report.log"; fail "checkov Dock
 
 # --- 6. control plane --------------------------------------------------------------
 if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
-    step "control plane (scripts/k8s-tools.sh, started in the background)"
+    step "cluster (scripts/k8s-tools.sh, started in the background)"
     k8s_ok=0
     wait "$k8s_pid" || k8s_ok=$?
     k8s_pid=""
@@ -246,9 +252,8 @@ if [[ "${SKIP_CLUSTER:-0}" != 1 ]]; then
         k8s_env="$(cat "$K8S_ENV")"
         while IFS='=' read -r key value; do
             case "$key" in
-                ETCD) export GR_ETCD="$value" ;;
-                KUBE_APISERVER) export GR_KUBE_APISERVER="$value" ;;
-                KUBE_CONTROLLER_MANAGER) export GR_KUBE_CONTROLLER_MANAGER="$value" ;;
+                ETCD | KUBE_APISERVER | KUBE_CONTROLLER_MANAGER | KUBE_SCHEDULER | KUBELET | KUBE_PROXY | KUBECTL | COREDNS | PAUSE | NODE_PACKAGES)
+                    export "GR_$key=$value" ;;
             esac
         done <<<"$k8s_env"
         "$GR_KUBE_APISERVER" --version
@@ -289,10 +294,17 @@ if [[ "${SKIP_PYTEST:-0}" != 1 ]]; then
     # The image's SBOM (CycloneDX) is kept in build/, beside the checkout's other outputs.
     mkdir -p "$ROOT/build"
     export GR_SBOM_OUT="${GR_SBOM_OUT:-$ROOT/build/sbom.cdx.json}"
+    # What the node's scenarios and alerts saw, one line each, shown below.
+    export GR_NODE_REPORT="${GR_NODE_REPORT:-$ROOT/build/node-report.txt}"
+    : >"$GR_NODE_REPORT"
     # shellcheck disable=SC2086  # PYTEST_ARGS is a word list on purpose
-    GR_HELM="$HELM" GR_PROMTOOL="$PROMTOOL" "$PYTHON" -m pytest tests/deploy ${PYTEST_ARGS:-} \
+    GR_HELM="$HELM" GR_PROMTOOL="$PROMTOOL" GR_PROMETHEUS="$PROMETHEUS" "$PYTHON" -m pytest tests/deploy ${PYTEST_ARGS:-} \
         || fail "pytest tests/deploy"
     if [[ -s "$GR_SBOM_OUT" ]]; then echo "SBOM of the image: $GR_SBOM_OUT"; fi
+    if [[ -s "$GR_NODE_REPORT" ]]; then
+        printf '\nthe node (%s):\n' "$GR_NODE_REPORT"
+        cat "$GR_NODE_REPORT"
+    fi
 fi
 step "done"
 printf '\nstep times:\n'

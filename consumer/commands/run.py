@@ -39,6 +39,11 @@ def serve(settings: config.Settings) -> int:
 
     secrets = [settings.api_key.read().reveal(), *settings.librdkafka_secrets().values()]
     setup_logging(settings.log_level, settings.log_format, secrets)
+    if settings.ignored_variables:
+        log.info(
+            "ignoring KAFKA_* variables a kubelet sets for Services (not librdkafka settings)",
+            extra={"variables": list(settings.ignored_variables)},
+        )
     # SIGTERM before the worker has its own handlers: stop cleanly, not die by the signal
     early_stop = threading.Event()
 

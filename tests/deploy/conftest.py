@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -199,3 +199,30 @@ def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
             else:
                 out[key] = value
     return out
+
+
+@pytest.fixture(scope="session")
+def pods_cluster(helm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A one-node cluster that runs the chart's pods (tests/deploy/node.py), with the image
+    scripts/image-check.sh built (GR_IMAGE) in its runtime and a broker the pods reach."""
+    from tests.deploy.node import find_node_binaries
+    from tests.deploy.node_env import node_env
+
+    image = os.environ.get("GR_IMAGE")
+    problem = None
+    if not image:
+        problem = "no image: run scripts/image-check.sh (or make deploy-check), which sets GR_IMAGE"
+    elif find_node_binaries() is None:
+        problem = "no node: run scripts/k8s-tools.sh (kubelet, containerd, CoreDNS, ...)"
+    elif os.geteuid() != 0:
+        problem = "a node needs root (bridges, mounts, iptables)"
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(problem + " (CI is set, so a missing node is a failure)")
+        pytest.skip(problem)
+    assert image is not None
+    with node_env(tmp_path_factory.mktemp("pods"), helm, image) as env:
+        yield env
+        from tests.deploy.node_env import report
+
+        report(f"[node] {', '.join(f'{k} {v:.1f} s' for k, v in env.timings.items())}")

@@ -1,13 +1,17 @@
 """A real Kubernetes control plane on this machine: etcd, kube-apiserver, kube-controller-manager.
 
 The binaries come from `scripts/k8s-tools.sh` (built from the Go module proxy at the
-versions pinned in tests/deploy/k8s/go.mod, etcd from Debian). No kubelet and no
-scheduler: the chart's objects are stored and validated by the API server, and the
-controller-manager turns Deployments into ReplicaSets and Pods (which stay Pending)
-and garbage-collects them after an uninstall.
+versions pinned in tests/deploy/k8s/go.mod, etcd from Debian). On its own it has no
+kubelet and no scheduler: the chart's objects are stored and validated by the API
+server, and the controller-manager turns Deployments into ReplicaSets and Pods (which
+stay Pending) and garbage-collects them after an uninstall. tests/deploy/node.py adds
+the scheduler and a node, which run the pods.
 
 Everything runs as local processes on free ports under one temporary directory;
-helm reaches the API server with a bearer token of the system:masters group.
+helm reaches the API server with a bearer token of the system:masters group. The
+API server also accepts client certificates signed by the plane's own CA
+(`ControlPlane.client_certificate`), which is how a kubelet and kube-proxy
+authenticate.
 """
 
 from __future__ import annotations
@@ -137,6 +141,54 @@ class ControlPlane:
     kubeconfig: Path
     workdir: Path
     version: str
+    url: str = ""
+    pki: Path = Path()
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "ca.crt"
+
+    def client_certificate(self, name: str, user: str, *groups: str) -> tuple[Path, Path]:
+        """A client certificate the API server accepts as `user` in `groups`."""
+        return _client_cert(self.pki, name, user, groups)
+
+    def kubeconfig_for(self, name: str, user: str, *groups: str) -> Path:
+        """A kubeconfig that authenticates with a client certificate of its own."""
+        cert, key = self.client_certificate(name, user, *groups)
+        path = self.workdir / f"{name}.kubeconfig"
+        path.write_text(
+            orjson.dumps(
+                _kubeconfig(self.url, self.ca, {"client-certificate": str(cert),
+                                                 "client-key": str(key)}),
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )  # fmt: skip
+        path.chmod(0o600)
+        return path
+
+
+def _kubeconfig(url: str, ca: Path, user: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "local", "cluster": {"server": url, "certificate-authority": str(ca)}}
+        ],
+        "users": [{"name": "user", "user": user}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": "user"}}],
+        "current-context": "local",
+    }
+
+
+def _client_cert(pki: Path, name: str, user: str, groups: tuple[str, ...]) -> tuple[Path, Path]:
+    key, cert = pki / f"{name}.key", pki / f"{name}.crt"
+    if not cert.exists():
+        subj = f"/CN={user}" + "".join(f"/O={g}" for g in groups)
+        _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", subj,
+                 "-keyout", key.name, "-out", f"{name}.csr", cwd=pki)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-out", cert.name, cwd=pki)  # fmt: skip
+    return cert, key
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -177,53 +229,65 @@ def _wait_http(
 
 
 @contextmanager
-def running(binaries: Binaries, workdir: Path) -> Iterator[ControlPlane]:
-    """etcd, kube-apiserver and kube-controller-manager until the block ends."""
+def running(
+    binaries: Binaries,
+    workdir: Path,
+    *,
+    service_cidr: str = "10.96.0.0/16",
+    serving_ips: tuple[str, ...] = (),
+    apiserver_args: tuple[str, ...] = (),
+    scheduler: Path | None = None,
+    kubelet_client: bool = False,
+) -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver and kube-controller-manager (and kube-scheduler, when given its
+    binary) until the block ends. `serving_ips` are added to the serving certificate."""
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
     pki.mkdir(exist_ok=True)
-    # A serving certificate for 127.0.0.1 (it is also the CA helm trusts) and the
-    # service-account signing key pair.
-    _openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        "-keyout", "serving.key", "-out", "serving.crt", "-subj", "/CN=127.0.0.1",
-        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        cwd=pki,
-    )  # fmt: skip
+    # The plane's CA; a serving certificate for 127.0.0.1 signed by it (helm and the
+    # tests trust the CA); the service-account signing key pair.
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=gr-test-cluster-ca",
+             cwd=pki)  # fmt: skip
+    sans = ",".join(["IP:127.0.0.1", "DNS:localhost", *(f"IP:{ip}" for ip in serving_ips)])
+    (pki / "serving.ext").write_text(f"subjectAltName={sans}\n")
+    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
+             "-keyout", "serving.key", "-out", "serving.csr", cwd=pki)  # fmt: skip
+    _openssl("x509", "-req", "-in", "serving.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", "serving.ext", "-out", "serving.crt",
+             cwd=pki)  # fmt: skip
+    if kubelet_client:  # the API server's identity towards kubelets (logs, exec)
+        _client_cert(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                     ("system:masters",))  # fmt: skip
+        apiserver_args = (
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            *apiserver_args,
+        )
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
     token = secrets.token_hex(24)
     (pki / "tokens.csv").write_text(f"{token},admin,admin,system:masters\n")
 
-    etcd_port, etcd_peer, api_port, kcm_port = (free_port() for _ in range(4))
+    etcd_port, etcd_peer, api_port, kcm_port, sched_port = (free_port() for _ in range(5))
     api_url = f"https://127.0.0.1:{api_port}"
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
         orjson.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "local",
-                        "cluster": {
-                            "server": api_url,
-                            "certificate-authority": str(pki / "serving.crt"),
-                        },
-                    }
-                ],
-                "users": [{"name": "admin", "user": {"token": token}}],
-                "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
-                "current-context": "local",
-            },
-            option=orjson.OPT_INDENT_2,
+            _kubeconfig(api_url, pki / "ca.crt", {"token": token}), option=orjson.OPT_INDENT_2
         ).decode()
     )
     kubeconfig.chmod(0o600)
 
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(name: str, args: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    def start(
+        name: str, args: list[str], overrides: tuple[str, ...] = ()
+    ) -> tuple[subprocess.Popen[bytes], Path]:
+        """`overrides` replace the flags of the same name (list flags would add up)."""
+        names = {flag.split("=", 1)[0] for flag in overrides}
+        args = [a for a in args if a.split("=", 1)[0] not in names] + list(overrides)
         log = workdir / f"{name}.log"
         with log.open("wb") as out:  # the child keeps its own descriptor
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
@@ -257,19 +321,19 @@ def running(binaries: Binaries, workdir: Path) -> Iterator[ControlPlane]:
                 f"--tls-private-key-file={pki / 'serving.key'}",
                 f"--cert-dir={pki}",
                 f"--token-auth-file={pki / 'tokens.csv'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
                 "--authorization-mode=RBAC",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                f"--service-cluster-ip-range={service_cidr}",
                 # The `kubernetes` Service's endpoint would be 127.0.0.1, which
                 # the reconciler refuses; nothing here needs that Service.
                 "--endpoint-reconciler-type=none",
             ],
+            apiserver_args,
         )
-        _wait_http(
-            f"{api_url}/readyz", pki / "serving.crt", token, 180, "kube-apiserver", *apiserver
-        )
+        _wait_http(f"{api_url}/readyz", pki / "ca.crt", token, 180, "kube-apiserver", *apiserver)
         kcm = start(
             "kube-controller-manager",
             [
@@ -281,11 +345,24 @@ def running(binaries: Binaries, workdir: Path) -> Iterator[ControlPlane]:
                 f"--secure-port={kcm_port}",
                 "--leader-elect=false",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
-                f"--root-ca-file={pki / 'serving.crt'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
                 "--use-service-account-credentials=false",
             ],
         )
-        api = Api(api_url, token, pki / "serving.crt")
+        if scheduler is not None:
+            start(
+                "kube-scheduler",
+                [
+                    str(scheduler),
+                    f"--kubeconfig={kubeconfig}",
+                    f"--authentication-kubeconfig={kubeconfig}",
+                    f"--authorization-kubeconfig={kubeconfig}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={sched_port}",
+                    "--leader-elect=false",
+                ],
+            )
+        api = Api(api_url, token, pki / "ca.crt")
         # The controllers are running once the service-account controller has
         # made the default namespace's ServiceAccount.
         deadline = time.monotonic() + 120
@@ -295,7 +372,9 @@ def running(binaries: Binaries, workdir: Path) -> Iterator[ControlPlane]:
                 raise RuntimeError(f"kube-controller-manager not working:\n{tail}")
             time.sleep(0.5)
         version = str(api.get("/version")["gitVersion"])
-        yield ControlPlane(api=api, kubeconfig=kubeconfig, workdir=workdir, version=version)
+        yield ControlPlane(
+            api=api, kubeconfig=kubeconfig, workdir=workdir, version=version, url=api_url, pki=pki
+        )
     finally:
         for proc in reversed(procs):
             proc.terminate()

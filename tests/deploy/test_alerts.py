@@ -22,11 +22,11 @@ from tests.deploy.conftest import CI_VALUES, RenderFn
 ALERTS = Path(__file__).resolve().parent / "alerts"
 # The alerts an operator needs, by the metrics they watch.
 EXPECTED = {
-    "GrS2SConsumerLagGrowing": "gr_partition_uncommitted_events",
-    "GrS2SConsumerNoCommitProgress": "gr_partition_last_commit_age_seconds",
-    "GrS2SConsumerApiKeyRefused": "gr_api_requests_total",
+    "GrS2SConsumerLagGrowing": "gr_partition_consumer_lag",
+    "GrS2SConsumerNoCommitProgress": "gr_partition_committed_offset",
+    "GrS2SConsumerApiKeyRefused": "gr_api_key_refused",
     "GrS2SConsumerDeadLettering": "gr_events_dead_lettered_total",
-    "GrS2SConsumerDlqWriteFailing": "gr_dlq_write_failures_total",
+    "GrS2SConsumerDlqWriteFailing": "gr_dlq_write_failing",
     "GrS2SConsumerRateLimited": 'status="429"',
 }
 

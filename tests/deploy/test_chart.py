@@ -420,11 +420,151 @@ def test_keda_defaults(render: RenderFn) -> None:
     meta = spec["triggers"][0]["metadata"]
     assert meta["allowIdleConsumers"] == "false"
     assert meta["excludePersistentLag"] == "false"
-    assert meta["offsetResetPolicy"] == "latest"
+    # Where the workers start without a committed offset (consumer/kafka_config.py).
+    assert meta["offsetResetPolicy"] == "earliest"
     assert "sasl" not in meta
     assert "authenticationRef" not in spec["triggers"][0]
     assert "TriggerAuthentication" not in r.kinds()
     assert "replicas" not in r.deployment["spec"]
+
+
+def test_keda_offset_reset_follows_the_workers(render: RenderFn) -> None:
+    latest = {"kafka": {"config": {"auto.offset.reset": "latest"}}}
+    meta = render(merge(MINIMAL, KEDA, latest)).one("ScaledObject")["spec"]["triggers"][0]
+    assert meta["metadata"]["offsetResetPolicy"] == "latest"
+    assert render(merge(MINIMAL, KEDA, latest)).config_env()["KAFKA_AUTO_OFFSET_RESET"] == "latest"
+
+
+def _keda_auth(r: Rendered) -> dict[str, tuple[str, str]]:
+    spec = r.one("TriggerAuthentication")["spec"]
+    refs = spec.get("secretTargetRef", []) + spec.get("configMapTargetRef", [])
+    return {ref["parameter"]: (ref["name"], ref["key"]) for ref in refs}
+
+
+def test_keda_gets_the_workers_client_certificate(render: RenderFn) -> None:
+    """Mutual TLS: the scaler cannot reach a broker that requires a client certificate
+    without one, so it reads the very Secret the workers mount."""
+    tls = {"kafka": {"tls": {"enabled": True, "caSecret": "kafka-ca",
+                             "clientCertSecret": "kafka-client", "clientCertKey": "cert.pem",
+                             "clientKeyKey": "key.pem"}}}  # fmt: skip
+    r = render(merge(MINIMAL, KEDA, tls))
+    assert _keda_auth(r) == {
+        "ca": ("kafka-ca", "ca.crt"),
+        "cert": ("kafka-client", "cert.pem"),
+        "key": ("kafka-client", "key.pem"),
+    }
+    trigger = r.one("ScaledObject")["spec"]["triggers"][0]
+    assert trigger["metadata"]["tls"] == "enable"
+    assert "sasl" not in trigger["metadata"]
+    assert (
+        trigger["authenticationRef"]["name"] == r.one("TriggerAuthentication")["metadata"]["name"]
+    )
+    # A client certificate alone (system CAs) still needs the TriggerAuthentication.
+    no_ca = merge(MINIMAL, KEDA, tls, {"kafka": {"tls": {"caSecret": ""}}})
+    assert set(_keda_auth(render(no_ca))) == {"cert", "key"}
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "sasl"),
+    [("PLAIN", "plaintext"), ("SCRAM-SHA-256", "scram_sha256"), ("SCRAM-SHA-512", "scram_sha512"),
+     ("OAUTHBEARER", "oauthbearer")],
+)  # fmt: skip
+def test_keda_speaks_every_sasl_mechanism_the_workers_do(
+    render: RenderFn, mechanism: str, sasl: str
+) -> None:
+    values = merge(
+        MINIMAL,
+        KEDA,
+        {"kafka": {"tls": {"enabled": True},
+                   "sasl": {"enabled": True, "mechanism": mechanism, "existingSecret": "kafka-creds",
+                            "oauthbearer": {"tokenEndpointUrl": "https://idp.example.com/token",
+                                            "scopes": ["kafka", "lag.read"],
+                                            "extensions": {"logicalCluster": "lkc-1"}}}}},
+    )  # fmt: skip
+    r = render(values)
+    meta = r.one("ScaledObject")["spec"]["triggers"][0]["metadata"]
+    assert (meta["sasl"], meta["tls"]) == (sasl, "enable")
+    auth = _keda_auth(r)
+    assert auth["username"] == ("kafka-creds", "username")
+    assert auth["password"] == ("kafka-creds", "password")
+    env = r.env()
+    cm = r.config_env()
+    assert cm["KAFKA_SASL_MECHANISM"] == mechanism
+    if mechanism != "OAUTHBEARER":
+        assert {"KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD_FILE"} <= set(env)
+        assert "ConfigMap" not in {
+            d["kind"] for d in r.docs if d["metadata"]["name"].endswith("-keda")
+        }
+        return
+    # OAUTHBEARER: the Secret holds the OIDC client's id and secret; the rest is configuration
+    # the workers and the scaler both read, each in its own spelling.
+    assert env["KAFKA_SASL_OAUTHBEARER_CLIENT_ID"]["valueFrom"]["secretKeyRef"]["key"] == "username"
+    assert (
+        env["KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["key"]
+        == "password"
+    )
+    assert "KAFKA_SASL_USERNAME" not in env
+    assert cm["KAFKA_SASL_OAUTHBEARER_METHOD"] == "oidc"
+    assert cm["KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"] == "https://idp.example.com/token"
+    assert cm["KAFKA_SASL_OAUTHBEARER_SCOPE"] == "kafka lag.read"
+    assert cm["KAFKA_SASL_OAUTHBEARER_EXTENSIONS"] == "logicalCluster=lkc-1"
+    (keda_cm,) = [d for d in r.of_kind("ConfigMap") if d["metadata"]["name"].endswith("-keda")]
+    assert keda_cm["data"] == {
+        "oauthTokenEndpointUri": "https://idp.example.com/token",
+        "scopes": "kafka,lag.read",
+        "oauthExtensions": "logicalCluster=lkc-1",
+    }
+    for parameter in ("oauthTokenEndpointUri", "scopes", "oauthExtensions"):
+        assert auth[parameter] == (keda_cm["metadata"]["name"], parameter)
+
+
+def test_oauthbearer_needs_a_token_endpoint(render_error: RenderErrorFn) -> None:
+    sasl = {"kafka": {"sasl": {"enabled": True, "mechanism": "OAUTHBEARER",
+                               "existingSecret": "kafka-creds"}}}  # fmt: skip
+    assert "kafka.sasl.oauthbearer.tokenEndpointUrl" in render_error(merge(MINIMAL, sasl))
+
+
+@pytest.mark.parametrize("via", ["values", "kafka.config"])
+def test_gssapi_is_refused_since_the_worker_cannot_do_it(
+    render_error: RenderErrorFn, via: str
+) -> None:
+    if via == "values":
+        err = render_error(
+            merge(MINIMAL, {"kafka": {"sasl": {"enabled": True, "mechanism": "GSSAPI"}}})
+        )
+        assert "/kafka/sasl/mechanism" in err  # the schema's enum
+        assert "GSSAPI" not in err.split("must be one of")[1]
+        return
+    sasl = {"kafka": {"sasl": {"enabled": True, "existingSecret": "kafka-creds"},
+                      "config": {"sasl.mechanism": "GSSAPI"}}}  # fmt: skip
+    err = render_error(merge(MINIMAL, KEDA, sasl))
+    assert "SASL mechanism GSSAPI is not supported" in err
+
+
+def test_the_budget_caps_scale_out_never_the_availability_floor(render: RenderFn) -> None:
+    """Two workers on the default Pro budget: they share the key's budget (each paces to its
+    share of it), so the autoscaler runs between 2 and 2, not a render failure."""
+    r = render(merge(MINIMAL, {"kafka": {"partitions": 12},
+                               "autoscaling": {"mode": "keda", "minReplicas": 2}}))  # fmt: skip
+    spec = r.one("ScaledObject")["spec"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (2, 2)
+    r = render(merge(MINIMAL, {"kafka": {"partitions": 12},
+                               "autoscaling": {"mode": "hpa", "minReplicas": 3}}))  # fmt: skip
+    spec = r.one("HorizontalPodAutoscaler")["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (3, 3)
+
+
+def test_min_replicas_above_partitions_fails(render_error: RenderErrorFn) -> None:
+    err = render_error(merge(MINIMAL, {"kafka": {"partitions": 2},
+                                       "autoscaling": {"mode": "keda", "minReplicas": 3}}))  # fmt: skip
+    assert "minReplicas (3) exceeds kafka.partitions (2)" in err
+
+
+def test_no_service_links_in_the_pods(scenarios: dict[str, Rendered]) -> None:
+    """A Service named kafka (or kafka-ui...) in the namespace must not reach the worker as
+    KAFKA_SERVICE_HOST, KAFKA_PORT...: the worker reads KAFKA_* as librdkafka settings."""
+    for r in scenarios.values():
+        assert r.pod_spec["enableServiceLinks"] is False
 
 
 @pytest.mark.parametrize("mode", ["keda", "hpa"])
@@ -634,6 +774,7 @@ def test_dashboard_configmap(scenarios: dict[str, Rendered]) -> None:
         "gr_delivery_retries_total",
         "gr_partitions_paused",
         "gr_commit_lag",
+        "gr_partition_consumer_lag",
         "gr_rate_limit_remaining",
         "gr_rate_limit_limit",
         "gr_request_events_bucket",
@@ -651,7 +792,8 @@ def test_dashboard_configmap(scenarios: dict[str, Rendered]) -> None:
     (panel,) = [p for p in dashboard["panels"] if p["title"] == "API budget use and lag"]
     panel_exprs = [t["expr"] for t in panel["targets"]]
     assert "/ $budget_rpm" in panel_exprs[0]
-    assert "gr_commit_lag" in panel_exprs[1]
+    # Lag as the group sees it (log-end minus committed), one report per partition.
+    assert "max by (topic, partition) (gr_partition_consumer_lag" in panel_exprs[1]
     assert not [
         c for c in scenarios["default"].of_kind("ConfigMap") if "dashboard" in c["metadata"]["name"]
     ]

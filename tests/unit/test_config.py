@@ -287,6 +287,64 @@ def test_service_own_kafka_variables_are_not_passed_through() -> None:
     assert s.kafka_extra == {}
 
 
+# What a kubelet injects for Services named `kafka` (port 9092, named `tcp-client`)
+# and `kafka-ui` (port 8080, named `http`) in the pod's namespace.
+KUBELET_SERVICE_LINKS = {
+    "KAFKA_SERVICE_HOST": "10.96.12.7",
+    "KAFKA_SERVICE_PORT": "9092",
+    "KAFKA_SERVICE_PORT_TCP_CLIENT": "9092",
+    "KAFKA_PORT": "tcp://10.96.12.7:9092",
+    "KAFKA_PORT_9092_TCP": "tcp://10.96.12.7:9092",
+    "KAFKA_PORT_9092_TCP_PROTO": "tcp",
+    "KAFKA_PORT_9092_TCP_PORT": "9092",
+    "KAFKA_PORT_9092_TCP_ADDR": "10.96.12.7",
+    "KAFKA_UI_SERVICE_HOST": "10.96.40.2",
+    "KAFKA_UI_SERVICE_PORT": "8080",
+    "KAFKA_UI_SERVICE_PORT_HTTP": "8080",
+    "KAFKA_UI_PORT": "tcp://10.96.40.2:8080",
+    "KAFKA_UI_PORT_8080_TCP": "tcp://10.96.40.2:8080",
+    "KAFKA_UI_PORT_8080_TCP_PROTO": "tcp",
+    "KAFKA_UI_PORT_8080_TCP_PORT": "8080",
+    "KAFKA_UI_PORT_8080_TCP_ADDR": "10.96.40.2",
+    "KAFKA_BROKER_1_PORT_9093_UDP_ADDR": "10.96.40.3",
+}
+
+
+def test_kubelet_service_links_are_not_passed_to_librdkafka() -> None:
+    s = load(env(**KUBELET_SERVICE_LINKS, KAFKA_SECURITY_PROTOCOL="SSL"))
+    assert dict(s.kafka_extra) == {"security.protocol": "SSL"}
+    assert s.ignored_variables == tuple(sorted(KUBELET_SERVICE_LINKS))
+    assert s.redacted()["ignored_variables"] == sorted(KUBELET_SERVICE_LINKS)
+
+
+def test_librdkafka_accepts_a_pod_environment_with_service_links() -> None:
+    """Before they were ignored, librdkafka refused `port`: start-up exited 2."""
+    from consumer.kafka_config import validate_librdkafka
+
+    validate_librdkafka(load(env(**KUBELET_SERVICE_LINKS)))
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "KAFKA_SASL_KERBEROS_SERVICE_NAME",  # sasl.kerberos.service.name: a real property
+        "KAFKA_SOCKET_TIMEOUT_MS",
+        "KAFKA_PORTS",
+        "KAFKA_SERVICE_HOSTNAME",
+        "KAFKA_PORT_9092_TCP_HOST",
+        "KAFKA_PORT_TCP",
+    ],
+)
+def test_only_service_link_shapes_are_ignored(variable: str) -> None:
+    s = load(env(**{variable: "x"}))
+    assert s.ignored_variables == ()
+    assert len(s.kafka_extra) == 1
+
+
+def test_no_service_links_nothing_ignored() -> None:
+    assert load(BASE).ignored_variables == ()
+
+
 @pytest.mark.parametrize(
     "key",
     [

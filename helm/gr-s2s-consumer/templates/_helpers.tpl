@@ -148,6 +148,21 @@ Returned as YAML; use with fromYaml.
 {{- end }}
 {{- if .Values.kafka.sasl.enabled }}
 {{- $_ := set $props "sasl.mechanism" .Values.kafka.sasl.mechanism }}
+{{- if eq .Values.kafka.sasl.mechanism "OAUTHBEARER" }}
+{{- $o := .Values.kafka.sasl.oauthbearer }}
+{{- $_ := set $props "sasl.oauthbearer.method" "oidc" }}
+{{- $_ := set $props "sasl.oauthbearer.token.endpoint.url" $o.tokenEndpointUrl }}
+{{- with $o.scopes }}
+{{- $_ := set $props "sasl.oauthbearer.scope" (join " " .) }}
+{{- end }}
+{{- with $o.extensions }}
+{{- $pairs := list }}
+{{- range $k, $v := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- $_ := set $props "sasl.oauthbearer.extensions" (join "," $pairs) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- if and .Values.kafka.tls.enabled .Values.kafka.tls.caSecret }}
 {{- $_ := set $props "ssl.ca.location" (include "gr-s2s-consumer.kafkaCaFile" .) }}
@@ -173,13 +188,30 @@ Returned as YAML; use with fromYaml.
 {{- printf "KAFKA_%s" (. | upper | replace "." "_") }}
 {{- end }}
 
-{{/* KEDA's spelling of the SASL mechanism. */}}
+{{/*
+The SASL mechanism the workers use: kafka.sasl.mechanism, or the one
+kafka.config sets (it wins, as it does for the workers). Empty without SASL.
+*/}}
+{{- define "gr-s2s-consumer.saslMechanism" -}}
+{{- $props := include "gr-s2s-consumer.kafkaProperties" . | fromYaml }}
+{{- $m := index $props "sasl.mechanism" | default (index $props "sasl.mechanisms") | default "" }}
+{{- $protocol := index $props "security.protocol" | default "" | upper }}
+{{- if hasPrefix "SASL_" $protocol }}{{ $m | upper }}{{ end }}
+{{- end }}
+
+{{/* KEDA's spelling of the SASL mechanism (its kafka scaler's `sasl`). */}}
 {{- define "gr-s2s-consumer.kedaSasl" -}}
-{{- $m := .Values.kafka.sasl.mechanism }}
+{{- $m := include "gr-s2s-consumer.saslMechanism" . }}
 {{- if eq $m "PLAIN" }}plaintext
 {{- else if eq $m "SCRAM-SHA-256" }}scram_sha256
 {{- else if eq $m "SCRAM-SHA-512" }}scram_sha512
+{{- else if eq $m "OAUTHBEARER" }}oauthbearer
 {{- end }}
+{{- end }}
+
+{{/* True ("true") when the chart's own SASL settings use OAUTHBEARER (OIDC client credentials). */}}
+{{- define "gr-s2s-consumer.oauthbearer" -}}
+{{- if and .Values.kafka.sasl.enabled (eq .Values.kafka.sasl.mechanism "OAUTHBEARER") }}true{{ end }}
 {{- end }}
 
 {{/* The topic KEDA measures lag on: explicit, or the single plain topic. */}}
@@ -215,10 +247,23 @@ at 2,000 events/s. Empty when no budget is configured.
 {{- end }}
 {{- end }}
 
+{{/*
+The most workers the budget allows: what it can feed, but never fewer than
+minReplicas. minReplicas is availability (a second worker to take over the
+partitions when one stops); workers on one key share its budget, each pacing
+itself to its share, so the floor costs no requests. Empty without a budget.
+*/}}
+{{- define "gr-s2s-consumer.budgetMax" -}}
+{{- $budget := include "gr-s2s-consumer.budgetReplicas" . }}
+{{- if $budget }}
+{{- max (int $budget) (int .Values.autoscaling.minReplicas) }}
+{{- end }}
+{{- end }}
+
 {{/* The autoscaler's maximum: explicit, else the partitions capped by the budget. */}}
 {{- define "gr-s2s-consumer.maxReplicas" -}}
 {{- if kindIs "invalid" .Values.autoscaling.maxReplicas }}
-{{- $budget := include "gr-s2s-consumer.budgetReplicas" . }}
+{{- $budget := include "gr-s2s-consumer.budgetMax" . }}
 {{- if $budget }}
 {{- min (int .Values.kafka.partitions) (int $budget) }}
 {{- else }}
@@ -256,6 +301,13 @@ template's view). Included by the Deployment so every render runs them.
 {{- fail (printf "%s: kafka.config.%s looks like a credential; it would land in a ConfigMap. Use kafka.sasl.existingSecret (or extraEnv with valueFrom.secretKeyRef)" $p $k) }}
 {{- end }}
 {{- end }}
+{{- $mechanism := include "gr-s2s-consumer.saslMechanism" . }}
+{{- if and $mechanism (not (has $mechanism (list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512" "OAUTHBEARER"))) }}
+{{- fail (printf "%s: SASL mechanism %s is not supported: the worker's librdkafka (the confluent-kafka wheel) is built with PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 and OAUTHBEARER only (no GSSAPI/Kerberos)" $p $mechanism) }}
+{{- end }}
+{{- if and (include "gr-s2s-consumer.oauthbearer" .) (not .Values.kafka.sasl.oauthbearer.tokenEndpointUrl) }}
+{{- fail (printf "%s: kafka.sasl.mechanism OAUTHBEARER needs kafka.sasl.oauthbearer.tokenEndpointUrl (the OIDC token endpoint); the Secret's username and password are the client id and secret" $p) }}
+{{- end }}
 {{- range .Values.extraEnv }}
 {{- if and (eq .name "GR_API_KEY") (hasKey . "value") }}
 {{- fail (printf "%s: extraEnv must not set GR_API_KEY as a plain value; use api.existingSecret (mounted as GR_API_KEY_FILE)" $p) }}
@@ -277,11 +329,15 @@ template's view). Included by the Deployment so every render runs them.
 {{- fail (printf "%s: autoscaling.maxReplicas (%d) must not exceed kafka.partitions (%d): workers beyond the partition count sit idle" $p $max (int .Values.kafka.partitions)) }}
 {{- end }}
 {{- $budget := include "gr-s2s-consumer.budgetReplicas" . }}
-{{- if and $budget (gt $max (int $budget)) }}
-{{- fail (printf "%s: autoscaling.maxReplicas (%d) is above what the API key's budget can feed: ceil(%v requests/min * %d events / 60 / %v events/s per worker) = %s workers; more only make 429s. Raise autoscaling.budget.requestsPerMinute (or workerEventsPerSecond), or set it to null to lift the cap" $p $max .Values.autoscaling.budget.requestsPerMinute (int .Values.batch.maxEvents) .Values.autoscaling.budget.workerEventsPerSecond $budget) }}
+{{- $budgetMax := include "gr-s2s-consumer.budgetMax" . }}
+{{- if and $budgetMax (gt $max (int $budgetMax)) }}
+{{- fail (printf "%s: autoscaling.maxReplicas (%d) is above what the API key's budget can feed: ceil(%v requests/min * %d events / 60 / %v events/s per worker) = %s workers (and minReplicas, %d, is the floor); more only make 429s. Raise autoscaling.budget.requestsPerMinute (or workerEventsPerSecond), or set it to null to lift the cap" $p $max .Values.autoscaling.budget.requestsPerMinute (int .Values.batch.maxEvents) .Values.autoscaling.budget.workerEventsPerSecond $budget $min) }}
+{{- end }}
+{{- if gt $min (int .Values.kafka.partitions) }}
+{{- fail (printf "%s: autoscaling.minReplicas (%d) exceeds kafka.partitions (%d): the extra workers would sit idle" $p $min (int .Values.kafka.partitions)) }}
 {{- end }}
 {{- if gt $min $max }}
-{{- fail (printf "%s: autoscaling.minReplicas (%d) is greater than maxReplicas (%d)%s" $p $min $max (ternary " (capped by the API key's budget, autoscaling.budget)" "" (and (not (empty $budget)) (eq $max (int $budget))))) }}
+{{- fail (printf "%s: autoscaling.minReplicas (%d) is greater than maxReplicas (%d)" $p $min $max) }}
 {{- end }}
 {{- if and (eq $min 0) (eq $mode "hpa") }}
 {{- fail (printf "%s: autoscaling.minReplicas 0 needs autoscaling.mode=keda; an HPA keeps at least 1" $p) }}
