@@ -620,10 +620,29 @@ class Ledger:
 
     def commits_due(self, now: float) -> list[tuple[TP, int]]:
         """Partitions whose committable offset moved past what was sent, throttled."""
-        if not self._dirty or now < self._next_commit_at:
+        dirty = self._dirty
+        if not dirty:
             return []
+        throttled = now < self._next_commit_at
+        if throttled:
+            # except a partition held at the run-ahead bound: its commit is what lets it
+            # deliver again, and waiting out the interval would cap each partition at
+            # GR_MAX_UNCOMMITTED_EVENTS per interval
+            parts = self.parts
+            tps = [
+                tp
+                for tp in dirty
+                if (p := parts.get(tp)) is not None
+                and UNCOMMITTED in p.reasons
+                and not p.commit_failing  # refused: retried at the interval, not each turn
+            ]
+            if not tps:
+                return []
+        else:
+            tps = list(dirty)
         out = []
-        for tp in self._dirty:
+        for tp in tps:
+            del dirty[tp]
             part = self.parts.get(tp)
             if part is None:
                 continue
@@ -633,8 +652,7 @@ class Ledger:
                 if part.awaiting_since < 0:
                     part.awaiting_since = now
                 out.append((tp, target))
-        self._dirty.clear()
-        if out:
+        if out and not throttled:
             self._next_commit_at = now + self._commit_interval
         return out
 

@@ -391,3 +391,23 @@ def test_over_the_total_cap_every_partition_stops_fetching_even_with_all_in_flig
     for job in jobs:
         led.result(ok(job), 2.0)
     assert sorted(led.flow(2.0).resume) == [P0, P1]  # below the cap again
+
+
+def test_a_partition_held_at_the_run_ahead_bound_commits_without_waiting_the_interval() -> None:
+    """Its commit is what lets it deliver again: throttled, each partition would deliver at
+    most the bound per commit interval, whatever the API could take."""
+    led = ledger(max_uncommitted=20, commit_interval_s=10.0)
+    led.assigned([P0, P1], 0.0)
+    read(led, P1, [0])
+    deliver_all(led, 0.5)
+    assert led.commits_due(0.6) == [(P1, 1)]  # the interval starts
+    read(led, P0, list(range(50)))
+    deliver_all(led, 1.0)  # up to the bound, then held
+    assert UNCOMMITTED in led.parts[P0].reasons
+    assert led.commits_due(1.1) == [(P0, 20)]  # not at 10.6
+    led.commit_result(P0, 20, False, 1.2)  # refused: retried at the interval, not at once
+    assert led.commits_due(1.3) == []
+    assert led.commits_due(10.7) == [(P0, 20)]
+    led.commit_result(P0, 20, True, 10.8)
+    deliver_all(led, 10.9)
+    assert led.commits_due(11.0) == [(P0, 40)]  # held again: at once
