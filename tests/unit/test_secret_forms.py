@@ -237,7 +237,7 @@ def answers(draw: st.DrawFn, secret: str) -> tuple[str, str]:
 
 
 @settings(
-    max_examples=300,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
