@@ -127,6 +127,22 @@ MUTANTS = (
             ),
         ),
     ),
+    Mutant(
+        "key-order-byte-cap",
+        "a key-order batch cut around busy keys counts its body one byte short",
+        (("key_order.py", "        size = body_size(0, 0)", "        size = body_size(0, 0) - 1"),),
+    ),
+    Mutant(
+        "fetch-while-in-flight",
+        "over the total buffer cap, a partition with all its events in flight keeps fetching",
+        (
+            (
+                "ledger.py",
+                "elif pending >= cap_events or pbytes >= cap_bytes or over_total:",
+                "elif pending >= cap_events or pbytes >= cap_bytes or (over_total and pending):",
+            ),
+        ),
+    ),
 )
 
 
