@@ -734,10 +734,24 @@ class Ledger:
             elif pending >= cap_events or pbytes >= cap_bytes or over_total:
                 reasons.add(BUFFER_FULL)
                 act.paused_by[BUFFER_FULL] = act.paused_by.get(BUFFER_FULL, 0) + 1
+            if (
+                part.dlq_unacked
+                and UNCOMMITTED not in reasons
+                and self._too_far_ahead(part, self.max_uncommitted, now)
+            ):
+                self._hold(part, now)  # poison alone runs ahead too: nothing to deliver
             # the run-ahead hold (`uncommitted`) holds delivery, not fetching: a pause
             # makes librdkafka drop what it prefetched for the partition, and the buffer
-            # caps bound what fetching holds anyway
-            stop = BUFFER_FULL in reasons or DRAINING in reasons
+            # caps bound what fetching holds anyway. Unless records wait for the DLQ or
+            # commits are stuck: poison read then would go on to the DLQ past the bound.
+            stop = (
+                BUFFER_FULL in reasons
+                or DRAINING in reasons
+                or (
+                    UNCOMMITTED in reasons
+                    and (part.dlq_unacked > 0 or self._commits_stuck(part, now))
+                )
+            )
             if stop and not part.fetch_paused:
                 part.fetch_paused = True
                 act.pause.append(part.tp)

@@ -188,7 +188,7 @@ class Metrics:
     def watch(self, health: Health) -> None:
         """The state gauges read `health` whenever they are scraped."""
         self.key_refused.set_function(lambda: float(health.halted))
-        self.dlq_failing.set_function(lambda: float(health.dlq_failing_now))
+        self.dlq_failing.set_function(lambda: float(health.dlq_troubled))
 
 
 class Health:
@@ -264,10 +264,6 @@ class Health:
     @property
     def halted(self) -> bool:
         return self._key_problem is not None
-
-    @property
-    def dlq_failing_now(self) -> bool:
-        return self._dlq_problem is not None
 
     def live(self) -> tuple[bool, str]:
         age = self._clock.monotonic() - self._beat

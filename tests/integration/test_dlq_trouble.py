@@ -105,7 +105,7 @@ def test_delivery_stops_a_bounded_number_of_events_ahead_of_the_commit(
     accepted = simulator.events_accepted()
     assert accepted >= bound
     assert accepted <= bound + rw.worker.settings.batch_max_events  # one batch past the line
-    assert _value(rw.worker, "gr_partitions_paused") == 0  # delivery held, fetching not
+    assert _value(rw.worker, "gr_partitions_paused") == 1  # a record waits for the DLQ
     labels = {"topic": topic, "partition": "0"}
     wait_for(lambda: _value(rw.worker, "gr_partition_uncommitted_events", **labels) >= bound,
              5, "the gauge")  # fmt: skip

@@ -30,7 +30,7 @@ class ApiObserver:
     def answered(self, status: int, events: int) -> None: ...
     def violation(self, what: str) -> None: ...
     def known(self, marks: list[tuple[int, int]]) -> None: ...
-    def held_up(self) -> None: ...  # an answer lost or an error: that request is retried
+    def held_up(self) -> None: ...  # an answer lost: its partition waits for the timeout
 
 
 @dataclass
@@ -98,7 +98,6 @@ class SimApi:
         if rng.random() < self.error_rate:
             status = rng.choice((500, 502, 503))
             self.observer.answered(status, 0)
-            self.observer.held_up()
             return Response(status, headers, b'{"error":"server"}', 0.001), []
         if len(body) > self.batch_max_bytes:
             self.observer.violation(f"a request of {len(body)} bytes, over the byte cap")

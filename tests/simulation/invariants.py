@@ -37,7 +37,7 @@ class Bounds:
     batch_max_events: int
     shutdown_timeout_s: float
     ordering: str = "partition"
-    held_up_s: float = 0.0  # how long a lost answer or an error holds its partition up
+    held_up_s: float = 0.0  # how long a lost answer holds its partition up
 
 
 @dataclass
@@ -227,7 +227,7 @@ class Checker(Observer, ApiObserver):
         self.fail("request-shape", what)
 
     def held_up(self) -> None:
-        """A partition waits for a lost answer's timeout or an error's retry: not the
+        """A partition waits for a lost answer's timeout and the retry after it: not the
         pacer's doing, so the windows it spans are not judged for budget use."""
         now = self.world.now
         self.unsteady.append((now, now + self.bounds.held_up_s))

@@ -143,3 +143,25 @@ def test_after_a_scale_in_the_worker_takes_the_key_within_two_windows() -> None:
     rig.checker.final(rig.cluster)
     ours = rig.api.ours_in_window
     assert [ours.get(w, 0) for w in (6, 7)] == [60, 60], dict(sorted(ours.items()))
+
+
+def test_poison_waiting_for_a_refusing_dlq_holds_memory_and_run_ahead_to_the_bounds() -> None:
+    """Records waiting for the DLQ once counted toward neither bound: a poison-heavy
+    partition during a DLQ outage was read to its end into memory (210 MiB in the real
+    broker's run). The checker's memory and run-ahead invariants hold it to the bounds."""
+    env = base_env(
+        GR_MAX_BUFFERED_BYTES=str(1 << 20),
+        GR_MAX_UNCOMMITTED_EVENTS="200",
+        GR_BATCH_LINGER_MS="0",
+    )
+    rig = Rig.make(6, env, 2, latency=(0.01, 0.02))
+    junk = b"{not json " + b"x" * 1000
+    for o in range(6000):
+        rig.add(Rec(0, o, None, junk, None, 0, "invalid_json", ""), 0.0)
+        rig.add(valid(1, o) if o % 3 else Rec(1, o, None, junk, None, 0, "invalid_json", ""), 0.0)
+    rig.slack()
+    rig.world.at(0.0, lambda: setattr(rig.cluster, "dlq_mode", "refuse"))
+    rig.world.at(60.0, lambda: setattr(rig.cluster, "dlq_mode", "ok"))
+    rig.life(last=True)
+    rig.checker.final(rig.cluster)
+    assert rig.checker.peak_held_bytes <= (1 << 20) + rig.checker.bounds.buffer_slack

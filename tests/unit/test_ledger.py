@@ -151,7 +151,7 @@ def test_delivery_stops_past_the_uncommitted_bound_and_resumes_after_a_commit() 
             led.result(ok(job), 1.0)
     assert 20 <= delivered <= 30  # at most one batch past the bound
     act = led.flow(5.0)
-    assert act.pause == []  # delivery holds; fetching goes on (the buffer caps bound it)
+    assert act.pause == [P0]  # a record waits for the DLQ: poison read now would run ahead
     assert act.paused_by == {UNCOMMITTED: 1}
     assert UNCOMMITTED in led.parts[P0].reasons
     led.dlq_acked(P0, generation, 0, 100)
@@ -404,6 +404,7 @@ def test_a_partition_held_at_the_run_ahead_bound_commits_without_waiting_the_int
     read(led, P0, list(range(50)))
     deliver_all(led, 1.0)  # up to the bound, then held
     assert UNCOMMITTED in led.parts[P0].reasons
+    assert led.flow(1.0).pause == []  # delivery holds; fetching goes on (buffer caps bound it)
     assert led.commits_due(1.1) == [(P0, 20)]  # not at 10.6
     led.commit_result(P0, 20, False, 1.2)  # refused: retried at the interval, not at once
     assert led.commits_due(1.3) == []
