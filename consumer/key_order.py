@@ -22,13 +22,11 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Container
 from itertools import islice, repeat
 from operator import itemgetter
-from typing import Generic
 
-from consumer.batching import Batch, Item, Ref, body_size
+from consumer.batching import Batch, Item, PartitionBatcher, Ref, body_size
 from consumer.events import Route
 
 # How far past the head a cut looks for events free to go: a bound on the work per
@@ -37,50 +35,26 @@ _LOOK_AHEAD = 8
 _RAW = itemgetter(1)  # Item.raw, read in C
 
 
-class KeyOrderBatcher(Generic[Ref]):
-    """The waiting events of one partition, cut into requests that keep each key's order."""
+class KeyOrderBatcher(PartitionBatcher[Ref]):
+    """The waiting events of one partition, cut into requests that keep each key's order.
 
-    __slots__ = (
-        "_bytes", "_items", "_linger_s", "_look", "_max_bytes", "_max_events", "_sessions",
-    )  # fmt: skip
+    The queue and its counts are PartitionBatcher's; what differs is when a batch is
+    due and how it is cut."""
+
+    __slots__ = ("_look",)
 
     def __init__(self, max_events: int, max_bytes: int, linger_s: float) -> None:
-        if not 1 <= max_events <= 100:
-            raise ValueError("max_events must be 1..100")
-        self._max_events = max_events
-        self._max_bytes = max_bytes
-        self._linger_s = linger_s
-        self._items: deque[Item[Ref]] = deque()
-        self._bytes = 0
-        self._sessions = 0
+        super().__init__(max_events, max_bytes, linger_s)
         self._look = False  # a session event may be free to go: look for one
 
-    # ---- the same surface as PartitionBatcher ----
-
     def add_many(self, items: list[Item[Ref]], payload_bytes: int, sessions: int) -> None:
-        self._items.extend(items)
-        self._bytes += payload_bytes
-        self._sessions += sessions
+        super().add_many(items, payload_bytes, sessions)
         self._look = self._look or bool(sessions)
 
     def push_front(self, items: list[Item[Ref]]) -> None:
         """Events handed back unsent (after a refused one was isolated): first again, in order."""
-        self._items.extendleft(reversed(items))
-        self._bytes += sum(len(item.raw) for item in items)
-        self._sessions += sum(1 for item in items if item.route is not Route.BATCH)
+        super().push_front(items)
         self._look = True
-
-    @property
-    def pending_events(self) -> int:
-        return len(self._items)
-
-    @property
-    def pending_bytes(self) -> int:
-        return self._bytes
-
-    @property
-    def head_offset(self) -> int | None:
-        return self._items[0].offset if self._items else None
 
     def due_in(self, now: float) -> float | None:
         """Seconds until a batch is due (0: now); None when nothing waits. Full by count or
@@ -94,13 +68,6 @@ class KeyOrderBatcher(Generic[Ref]):
         ):
             return 0.0
         return max(0.0, self._items[0].arrived + self._linger_s - now)
-
-    def clear(self) -> list[Item[Ref]]:
-        dropped = list(self._items)
-        self._items.clear()
-        self._bytes = 0
-        self._sessions = 0
-        return dropped
 
     # ---- cutting requests in key order ----
 
@@ -153,7 +120,9 @@ class KeyOrderBatcher(Generic[Ref]):
             self._sessions -= len(free)
         return free
 
-    def take(self, now: float, flush: bool, busy: Container[bytes | None]) -> Batch[Ref] | None:
+    def take(
+        self, now: float, flush: bool = False, busy: Container[bytes | None] = ()
+    ) -> Batch[Ref] | None:
         """The next batch request if one is due (or `flush`): batch events in partition
         order whose key has nothing earlier in flight (`busy`) or waiting behind a
         session event or a busy key; those stay, in order, for a later request."""
