@@ -103,6 +103,13 @@ class Dispatcher:
     def running(self) -> int:
         return len(self._running)
 
+    def budget_room(self) -> tuple[int, float]:
+        """How many new jobs the key's budget can take soon (`Pacer.slots_soon`), less the
+        requests already waiting for a slot; with none, the seconds until there may be."""
+        slots, wake_in = self._pacer.slots_soon()
+        paced = sum(1 for run in self._running.values() if run.state == _PACED)
+        return slots - paced, wake_in
+
     def send(self, jobs: list[DeliveryJob[Any]]) -> None:
         """Start delivering these jobs."""
         for job in jobs:

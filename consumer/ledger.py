@@ -430,7 +430,21 @@ class Ledger:
                             break
                 continue
             served = False
-            if part.in_flight is None:
+            if key_order and batch is None:  # (a batch to retry goes first: its keys wait)
+                # session events free to go first: each is a request whatever is done, and
+                # its answer frees its key's later events to join the batch. With few
+                # slots (the key's budget spent as fast as it comes) a part-full batch
+                # cut ahead of them would leave those events for another request.
+                for item in part.batcher.take_sessions(part.busy_keys, room):
+                    alone: DeliveryJob[Any] = DeliveryJob(
+                        part.tp, Batch(item.route, [item], len(item.raw)), part.generation
+                    )
+                    part.sessions.append(alone)
+                    part.session_keys[item.key] += 1
+                    jobs.append(alone)
+                    room -= 1
+                    served = True
+            if part.in_flight is None and room > 0:
                 if batch is not None:
                     if now >= part.retry_at:
                         part.retry_batch = None
@@ -446,17 +460,7 @@ class Ledger:
                     jobs.append(job)
                     room -= 1
                     served = True
-            if key_order and room > 0:
-                # session events free to go, each beside the batch request
-                for item in part.batcher.take_sessions(part.busy_keys, room):
-                    job = DeliveryJob(
-                        part.tp, Batch(item.route, [item], len(item.raw)), part.generation
-                    )
-                    part.sessions.append(job)
-                    part.session_keys[item.key] += 1
-                    jobs.append(job)
-                    room -= 1
-                    served = True
+            if key_order:
                 # a batch due with every event's key in flight: nothing goes before an
                 # answer comes back, so the loop need not wake for it until then
                 part.blocked = (

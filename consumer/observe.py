@@ -129,8 +129,9 @@ class Metrics:
         )
         self.partitions_waiting = Gauge(
             "gr_partitions_waiting",
-            "Partitions held up outside the worker: the API (requests retried), the key "
-            "(refused), the DLQ (writes failing), the group coordinator (commits unanswered)",
+            "Partitions held up outside the worker: the API (requests retried), the key's "
+            "budget (spent as fast as it comes), the key (refused), the DLQ (writes "
+            "failing), the group coordinator (commits unanswered)",
             ["cause"],
             registry=r,
         )

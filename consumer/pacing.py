@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
+_MANY = 1 << 20  # "no bound": more slots than a worker has requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,24 @@ class Pacer:
             now = self._mono()
             slot, _ = self._next(now)
             return slot - now
+
+    def slots_soon(self) -> tuple[int, float]:
+        """How many slots fall within one spacing from now, and when (seconds) that count
+        next grows if it is 0. Claims nothing.
+
+        What a worker cuts into requests is what it can send this soon: a batch cut
+        earlier waits for its slot while the events behind it could have filled it.
+        One spacing ahead leaves one request cut and waiting for the slot after the one
+        free now, so the slot is taken on its own timer and none is lost to the loop."""
+        with self._lock:
+            now = self._mono()
+            slot, interval = self._next(now)
+            if interval <= 0.0:
+                return (_MANY, 0.0) if slot <= now else (0, slot - now)
+            ahead = now + interval - slot
+            if ahead < 0:
+                return 0, -ahead
+            return min(_MANY, 1 + int(ahead / interval)), 0.0
 
     def _next(self, now: float) -> tuple[float, float]:
         """The next slot and the spacing after it; changes nothing. Lock held."""

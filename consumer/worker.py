@@ -51,7 +51,7 @@ _CLOSE_SHARE, _CLOSE_MAX_S = 0.2, 5.0
 # ...and for the process to exit after the worker returns
 _EXIT_SHARE, _EXIT_MAX_S = 0.1, 1.0
 _COMMITTED_QUERY_S = 5.0
-_WAIT_CAUSES = ("api", "key", "dlq", "commit")
+_WAIT_CAUSES = ("api", "budget", "key", "dlq", "commit")
 
 ConsumerFactory = Callable[[dict[str, Any]], Any]
 
@@ -131,6 +131,7 @@ class Worker:
         self._stop = threading.Event()
         self._stop_at: float | None = None
         self._next_sweep = 0.0
+        self._budget_short_at = -1e9  # when the key's budget last held a request back
         self._gauges: dict[TP, tuple[Any, Any, Any]] = {}
         self.stats = {
             "consumed": 0,
@@ -203,9 +204,14 @@ class Worker:
                 self._dispatch.wait(_BUSY_POLL_S)
         else:
             now = self._clock.monotonic()
-            # a batch due matters only if a request slot is free for it
-            free = led.in_flight < self.settings.max_in_flight
-            timeout = led.next_due_in(now, _IDLE_POLL_S) if free else _IDLE_POLL_S
+            # a batch due matters only if a request slot, and the key's budget, are free for it
+            timeout = _IDLE_POLL_S
+            if led.in_flight < self.settings.max_in_flight:
+                room, budget_wake = self._dispatch.budget_room()
+                if room > 0:
+                    timeout = led.next_due_in(now, _IDLE_POLL_S)
+                elif budget_wake > 0:
+                    timeout = max(led.next_due_in(now, _IDLE_POLL_S), budget_wake)
             for wake in (self._dispatch.next_wake(), self._dlq.next_wake(now)):
                 if wake is not None:
                     timeout = min(timeout, wake - now)
@@ -216,7 +222,7 @@ class Worker:
         if messages:
             self._ingest(messages, now)
         self._collect(now)
-        jobs = led.next_jobs(now, flush, self.settings.max_in_flight, halted=self.health.halted)
+        jobs = led.next_jobs(now, flush, self._request_limit(now), halted=self.health.halted)
         if jobs:
             self._dispatch.send(jobs)
         self._serve_dlq(0)
@@ -229,6 +235,21 @@ class Worker:
         if now >= self._next_sweep:
             self._sweep(now)
         self.health.beat()
+
+    def _request_limit(self, now: float) -> int:
+        """Requests that may be in flight after this turn: the request slots, and no more
+        than the key's budget can send soon. Events wait in their partition's queue, not
+        in a request cut early and waiting for the budget: there later events still join
+        them, and the key carries fuller requests."""
+        most = self.settings.max_in_flight
+        free = most - self._ledger.in_flight
+        if free <= 0:
+            return most
+        room, _ = self._dispatch.budget_room()
+        if room >= free:
+            return most
+        self._budget_short_at = now  # a partition passed over now waits for the key
+        return self._ledger.in_flight + max(0, room)
 
     # ---- records in ----
 
@@ -478,6 +499,8 @@ class Worker:
             return "api"  # a request on its way, or retried until the API takes it
         if self._ledger.in_flight >= self.settings.max_in_flight:
             return "api"  # every request slot is taken: its turn comes when one frees
+        if self._clock.monotonic() - self._budget_short_at <= _SWEEP_S:
+            return "budget"  # the key's budget is spent as fast as it comes: its turn comes
         if part.dlq_unacked and self.health.dlq_troubled:
             return "dlq"
         if part.commit_failing or part.awaiting_since >= 0:

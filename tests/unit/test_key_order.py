@@ -104,6 +104,22 @@ def test_the_ledger_sends_session_events_beside_the_batch_and_frees_their_keys()
     assert led.commits_due(2.0) == [(("t", 0), 5)]
 
 
+def test_with_one_slot_a_free_session_event_goes_before_a_part_full_batch() -> None:
+    """The session event is a request whatever is done, and its answer frees its key's
+    later events to join the batch; a part-full batch cut first (when the key's budget
+    sends one request at a time) left those events for another part-full request."""
+    led = ledger(ordering="key", batch_max_events=10)
+    led.assigned([("t", 0)], 0.0)
+    part = led.parts[("t", 0)]
+    events = [item(0, b"a", True), item(1, b"b"), item(2, b"a"), item(3, b"c")]
+    led.records_read(part, [0, 1, 2, 3], events, len(RAW) * 4, 1)
+    (first,) = led.next_jobs(1.0, True, 1)
+    assert first.batch.offsets == [0]
+    assert led.result(ok(first), 1.1) == []
+    (batch,) = led.next_jobs(1.2, True, 1)
+    assert batch.batch.offsets == [1, 2, 3]  # a's event joined the one batch
+
+
 _KEYS = st.one_of(st.none(), st.integers(0, 15).map(lambda k: b"k%d" % k))
 
 

@@ -851,3 +851,38 @@ def test_a_share_learnt_while_quiet_recovers_within_two_windows_of_the_others_le
     used = [result.by_worker.get((0, s), 0) / limit for s in later]
     assert min(used) >= 0.9, f"worker 0 used {used} of the key after the others left"
     assert result.rate_429 <= 0.05
+
+
+# ---- slots_soon: how many requests to cut now ----
+
+
+def test_slots_soon_is_unbounded_until_a_limit_is_known() -> None:
+    clock = FakeClock()
+    p = _pacer(clock)
+    slots, wake = p.slots_soon()
+    assert slots >= 1 << 20
+    assert wake == 0.0
+
+
+def test_slots_soon_counts_the_slot_free_now_and_the_next_one() -> None:
+    """One request on its slot now, one cut ahead and waiting for the next: the slot after
+    is taken on its own timer, and nothing more waits with events that could have grown."""
+    clock = FakeClock()
+    p = _pacer(clock, window=10.0)
+    p.observe(_rl(60, 60, 10.0, clock))  # a fresh window of 60: a slot every 10/60 s
+    assert p.slots_soon() == (2, 0.0)
+    assert p.try_reserve()
+    assert p.slots_soon() == (1, 0.0)  # the next slot, within one spacing
+    assert p.reserve() > 0  # claimed ahead, as a request waiting for it is
+    slots, wake = p.slots_soon()
+    assert slots == 0
+    assert 0 < wake <= 0.2  # when the slot after is one spacing off
+
+
+def test_slots_soon_waits_for_the_next_window_when_the_budget_is_spent() -> None:
+    clock = FakeClock()
+    p = _pacer(clock, window=10.0)
+    p.observe(_rl(60, 0, 4.0, clock))
+    slots, wake = p.slots_soon()
+    assert slots == 0
+    assert 3.5 < wake <= 4.0
