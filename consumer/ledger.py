@@ -104,6 +104,9 @@ class Part:
     retry_at: float = 0.0
     # records waiting for the DLQ's acknowledgement (held by the DLQ writer): how many, what size
     dlq_unacked: int = 0
+    # a DLQ write was acknowledged while held at the run-ahead bound: the poison fetched
+    # meanwhile finished past it, and more read would too (fetching stops until the hold lifts)
+    dlq_past_bound: bool = False
     dlq_bytes: int = 0
     # why fetching is paused; `fetch_paused` is what librdkafka was told
     reasons: set[str] = field(default_factory=set)
@@ -382,6 +385,8 @@ class Ledger:
         part.dlq_bytes -= nbytes
         self.buffered_bytes -= nbytes
         part.offsets.finish(offset)
+        if UNCOMMITTED in part.reasons:
+            part.dlq_past_bound = True
         self._dirty[tp] = None
 
     # ---- delivery ----
@@ -574,6 +579,7 @@ class Ledger:
                 self._flow_stale = True
         elif UNCOMMITTED in part.reasons:
             part.reasons.discard(UNCOMMITTED)
+            part.dlq_past_bound = False
             self._flow_stale = True
 
     def next_due_in(self, now: float, cap: float) -> float:
@@ -746,14 +752,19 @@ class Ledger:
                 self._hold(part, now)  # poison alone runs ahead too: nothing to deliver
             # the run-ahead hold (`uncommitted`) holds delivery, not fetching: a pause
             # makes librdkafka drop what it prefetched for the partition, and the buffer
-            # caps bound what fetching holds anyway. Unless records wait for the DLQ or
-            # commits are stuck: poison read then would go on to the DLQ past the bound.
+            # caps bound what fetching holds anyway. Unless records wait for the DLQ, the
+            # DLQ has acknowledged some since the hold, or commits are stuck: poison read
+            # then would go on to the DLQ and finish past the bound.
             stop = (
                 BUFFER_FULL in reasons
                 or DRAINING in reasons
                 or (
                     UNCOMMITTED in reasons
-                    and (part.dlq_unacked > 0 or self._commits_stuck(part, now))
+                    and (
+                        part.dlq_unacked > 0
+                        or part.dlq_past_bound
+                        or self._commits_stuck(part, now)
+                    )
                 )
             )
             if stop and not part.fetch_paused:

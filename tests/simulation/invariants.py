@@ -80,9 +80,15 @@ class Checker(Observer, ApiObserver):
     _window_backlog: bool = False
     _window_born: float = 0.0
     budget_windows: int = 0  # windows judged
+    broken: Violation | None = None  # the first invariant broken, on whichever thread
 
     def fail(self, invariant: str, detail: str) -> None:
-        raise Violation(invariant, detail, self.world.now)
+        """Raise, and keep the first: one raised on another thread (the consumer's close
+        runs on its own) is caught and logged there, and must still fail the seed."""
+        violation = Violation(invariant, detail, self.world.now)
+        if self.broken is None:
+            self.broken = violation
+        raise violation
 
     # ---- ground truth ----
 

@@ -154,6 +154,8 @@ class Rig:
             return False
 
         code = worker.run(until=until)
+        if checker.broken is not None:
+            raise checker.broken  # broken where the loop could not see it (the close thread)
         if code != 0:
             raise Violation("exit", f"the worker exited {code}", world.now)
         if stop_at:

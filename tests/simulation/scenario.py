@@ -213,6 +213,7 @@ def run(
             )
         checker.final(rig.cluster)
     except Violation as v:
+        v = checker.broken or v  # the first broken, wherever it was raised
         out.ok, out.invariant, out.detail, out.at = False, v.invariant, v.detail, v.at
     except Livelock as exc:
         out.ok, out.invariant, out.detail, out.at = False, "livelock", str(exc), world.now

@@ -124,6 +124,32 @@ def test_waiting_outside_the_worker_never_fails_liveness(cause: str) -> None:
         assert not_ready, "readiness never said what the worker waits on"
 
 
+def test_waiting_for_the_keys_budget_never_fails_liveness() -> None:
+    """Others take 95% of a key of 60 requests a minute; this worker's 12 partitions each
+    wait minutes for a turn. Requests are cut only as the budget can send them, so the
+    partitions wait in their queues, not in a request: that wait is the key's, not a
+    stall a restart could end."""
+    env = base_env(GR_STALL_TIMEOUT_S="10")
+    rig = Rig.make(9, env, 12, limit=60, window_s=60.0)
+    rig.api.others_share = 0.95
+    rig.world.at(400.0, lambda: setattr(rig.api, "others_share", 0.0))
+    for p in range(12):
+        for o in range(150):
+            rig.add(valid(p, o), 0.0)
+    waiting: list[float] = []
+
+    def watch(worker: Worker) -> None:
+        live, why = worker.health.live()
+        assert live, f"t={rig.world.now:.1f}s: /healthz failed: {why}"
+        parts = list(worker._ledger.parts.values())
+        if parts and worker._waiting_on(parts[0]) == "budget":
+            waiting.append(rig.world.now)
+
+    rig.life(last=True, watch=watch)
+    rig.checker.final(rig.cluster)
+    assert waiting, "never said it waits on the key's budget"
+
+
 def test_after_a_scale_in_the_worker_takes_the_key_within_two_windows() -> None:
     """The key's other users take 70% of it while this worker's partitions trickle; they
     leave at 40 s and a backlog arrives. Within two windows the worker sends at the key's

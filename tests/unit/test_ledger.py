@@ -358,6 +358,27 @@ def test_records_waiting_for_the_dlq_count_toward_the_run_ahead_bound() -> None:
     assert UNCOMMITTED in led.parts[P0].reasons
 
 
+def test_poison_acknowledged_at_the_bound_keeps_fetching_stopped_until_the_commit() -> None:
+    """Poison alone, at the bound, its commit not yet answered: fetching resumed as soon as
+    the DLQ acknowledged what waited, and each fetch's poison finished past the bound until
+    the answer came (240 past a bound of 30 within a second, found by the simulation)."""
+    led = ledger(max_uncommitted=20)
+    led.assigned([P0], 0.0)
+    generation = led.parts[P0].generation
+    read(led, P0, list(range(25)), poison=tuple(range(25)))
+    for _ in range(25):
+        assert led.dlq_sent(P0, generation, 100)
+    assert led.flow(1.0).pause == [P0]
+    assert UNCOMMITTED in led.parts[P0].reasons
+    for offset in range(25):
+        led.dlq_acked(P0, generation, offset, 100)
+    assert led.flow(1.1).resume == []  # the 25 finished past the group's offset still count
+    (commit,) = led.commits_due(1.2)
+    assert commit == (P0, 25)
+    led.commit_result(P0, 25, True, 1.3)
+    assert led.flow(1.4).resume == [P0]
+
+
 def test_the_record_the_commit_waits_for_goes_out_even_past_the_run_ahead_bound() -> None:
     """A valid event, then poison the DLQ acknowledges before the event's batch goes: the
     bound filled behind the one record that could move the commit, and the partition waited
