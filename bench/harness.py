@@ -59,7 +59,7 @@ class Scale:
     drain_refused: int = 25
     drain_limit: int = 60
     drain_window_s: float = 10.0
-    drain_session_events: int = 2_000  # each session-heavy stream
+    drain_session_events: int = 4_000  # each session-heavy stream
     throughput_repeats: int = 1
     rate_mix: bool = True  # also a run on the contract's mix, with session events
 

@@ -10,14 +10,33 @@ fixed cap of this worker's own. Clocks are injected: this module does no I/O.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 Clock = Callable[[], float]
 _MANY = 1 << 20  # "no bound": more slots than a worker has requests
+_IDLE_MAX = 24  # the longest stretch of the key's requests looked at for the others' use
+_FALSE_IDLE = 0.002  # how likely a stretch may be to look idle while the others are busy
+
+
+@functools.lru_cache(maxsize=256)
+def _idle_sample_of(share_64ths: int) -> int:
+    """The shortest stretch in which, with this share of the key, at most one request of
+    the others' happens by chance with a probability under `_FALSE_IDLE`."""
+    s = share_64ths / 64
+    for n in range(3, _IDLE_MAX + 1):
+        if s**n + n * (1 - s) * s ** (n - 1) <= _FALSE_IDLE:
+            return n
+    return _IDLE_MAX + 1  # a share this large: no stretch is long enough to tell
+
+
+def _idle_sample(share: float) -> int:
+    return _idle_sample_of(min(64, math.ceil(share * 64)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +101,8 @@ class Pacer:
         self._window_upper = default_window_s
         self._window_first_remaining = 0
         self._own_in_window = 0
+        # (own, used) at each of this window's answers: the others' recent use
+        self._marks: deque[tuple[int, int]] = deque(maxlen=_IDLE_MAX + 8)
 
     @property
     def remaining(self) -> int | None:
@@ -209,6 +230,7 @@ class Pacer:
                 self._remaining = rl.remaining
                 self._window_first_remaining = rl.remaining
                 self._own_in_window = 0
+                self._marks.clear()
             elif rl.reset_unix == self._reset_unix:
                 self._own_in_window += 1
                 self._remaining = min(self._remaining, rl.remaining)
@@ -223,6 +245,7 @@ class Pacer:
                     and used >= self._SHARE_SAMPLE
                 ):
                     self._share = min(1.0, max(self._floor(rl.limit), own / used))
+                self._others_gone(own, used)
             else:
                 return  # an answer from a window already gone
             self._limit = rl.limit
@@ -237,6 +260,25 @@ class Pacer:
             lower = self._window_lower = max(self._window_lower, to_reset)
             upper = self._window_upper
             self._window_s = upper if lower > upper / 2 else max(1.0, lower)
+
+    def _others_gone(self, own: int, used: int) -> None:
+        """Raise the share at once when a recent stretch of the key's requests was all ours
+        but one: the others stopped (a scale-in, their backlog drained). Measured only at a
+        window's end, the share kept this worker at its old part of the key for the rest of
+        the window and most of the next (a three-worker drain's last 10 s at half speed).
+        The stretch is long enough (`_idle_sample`) that the others, busy at their share,
+        would look so idle by chance less than once in 500 looks."""
+        marks = self._marks
+        marks.append((own, used))
+        if self._share >= 1.0:
+            return
+        sample = _idle_sample(self._share)
+        for own_then, used_then in marks:
+            if used - used_then < sample:
+                break
+            if (used - used_then) - (own - own_then) <= 1:
+                self._share = max(self._share, min(1.0, (own - own_then) / (used - used_then)))
+                return
 
     def _floor(self, limit: int) -> float:
         """The smallest share: 1/64, and never under two requests a window, so a worker

@@ -886,3 +886,22 @@ def test_slots_soon_waits_for_the_next_window_when_the_budget_is_spent() -> None
     slots, wake = p.slots_soon()
     assert slots == 0
     assert 3.5 < wake <= 4.0
+
+
+@pytest.mark.parametrize("leave", [2.2, 2.5])
+def test_the_window_after_the_others_stop_is_used_whole(leave: float) -> None:
+    """Three workers drain a key of 60 per 10 s; two run out of work mid-window. The third
+    once kept its old third of the key for the rest of that window and half the next, its
+    share measured only at a window's end (31 of the next window's 60): a three-worker
+    drain's tail ran at half speed. A stretch of the key's requests that is all its own
+    raises the share at once."""
+    window = 10.0
+
+    def busy(w: int, t: float) -> bool:
+        return w == 0 or t < leave * window
+
+    result = simulate(3, 8, 60, windows=6, window=window, start_offset=0.3, busy=busy)
+    first = result.windows_seen[0]
+    after = next(s for s in result.windows_seen if s - first >= leave * window)
+    assert result.by_worker.get((0, after), 0) >= 57, result.by_worker
+    assert result.rate_429 <= 0.02
