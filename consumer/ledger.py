@@ -380,6 +380,12 @@ class Ledger:
             gone = self._gone.get(tp)
             if gone is not None and gone.part.generation == generation:
                 gone.part.offsets.finish(offset)  # it counts for the watermark kept
+            if part is not None:
+                # written for an earlier ownership of a partition this worker owns again:
+                # the record is in the DLQ all the same (its commit once waited for ever
+                # on the copy this ownership wrote, which the DLQ still refused)
+                part.offsets.finish(offset)
+                self._dirty[tp] = None
             return
         part.dlq_unacked -= 1
         part.dlq_bytes -= nbytes

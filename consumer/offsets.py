@@ -45,6 +45,8 @@ class PartitionOffsets:
     def finish(self, offset: int) -> None:
         if self._last_read is None or offset > self._last_read:
             return  # never read here (a stale callback): nothing to finish
+        if not self._outstanding or offset < self._outstanding[0]:
+            return  # finished already (a second acknowledgement): kept, it would count for ever
         self._done.add(offset)
         self._advance()
 

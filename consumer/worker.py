@@ -666,9 +666,23 @@ class Worker:
                 self._dispatch.abort(job)
         self._dispatch.close()
         # half of what is left for the DLQ, the rest for leaving the group
-        left = self._dlq.close(max(0.0, min(_CLOSE_MAX_S, (self._deadline - self._now()) / 2)))
+        left = self._dlq.flush(max(0.0, min(_CLOSE_MAX_S, (self._deadline - self._now()) / 2)))
         if left:
             log.warning("dlq records unacknowledged at exit", extra={"count": left})
+        if commit:
+            written = self.stats["dead_lettered"]
+            self._serve_dlq(0)
+            if self.stats["dead_lettered"] != written and led.uncommitted():
+                # what the DLQ acknowledged in that flush finished its records after the
+                # final commit: commit them too (in half of what is left), or the next
+                # owner writes them to the DLQ again
+                try:
+                    self._final_commit(
+                        consumer, self._now() + max(0.0, self._deadline - self._now()) / 2
+                    )
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("final commit failed", extra={"error": str(exc)})
+        self._dlq.close(0.0)
         self._closing = True
         self._close_consumer(consumer, max(0.0, self._deadline - self._now()))
         log.info("stopped", extra=dict(self.stats))

@@ -120,7 +120,16 @@ class Checker(Observer, ApiObserver):
         self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
 
     def let_go(self, partitions: list[int]) -> None:
+        committed = self.cluster.committed if self.cluster is not None else {}
         for p in partitions:
+            # The worker keeps what it finished of a partition it lets go as a watermark:
+            # the finished prefix, no more. What it knew past a gap is forgotten with the
+            # partition (a re-assignment reads it again), so it is no longer "known".
+            o = max(0, committed.get(p, 0))
+            while (p, o) in self.known_at:
+                o += 1
+            for mark in [m for m in self.known_at if m[0] == p and m[1] > o]:
+                del self.known_at[mark]
             self.owned.discard(p)
             self.held_bytes -= sum(self.held[p].values())
             self.held[p].clear()
@@ -397,6 +406,7 @@ class Checker(Observer, ApiObserver):
 
     def worker_started(self, worker: Any) -> None:
         self.worker = worker
+        self.known_at.clear()  # a new process: it knows nothing the last one learnt
         self._window_born = self.world.now
         self._window = -1
 

@@ -379,6 +379,31 @@ def test_poison_acknowledged_at_the_bound_keeps_fetching_stopped_until_the_commi
     assert led.flow(1.4).resume == [P0]
 
 
+def test_a_dlq_write_of_an_earlier_ownership_finishes_the_record_in_this_one() -> None:
+    """Poison written to the DLQ, the partition revoked before the DLQ took it, then given
+    back: the record is written again, and whichever copy the DLQ takes first finishes it
+    (the old copy's acknowledgement once counted for nothing, and with the DLQ refusing the
+    new copy the partition's commit waited on it)."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    old = led.parts[P0].generation
+    read(led, P0, [0, 1], poison=(0,))
+    assert led.dlq_sent(P0, old, 100)
+    led.revoked([P0], 1.0)
+    led.assigned([P0], 2.0)
+    new = led.parts[P0].generation
+    assert new != old
+    read(led, P0, [0, 1], poison=(0,))
+    assert led.dlq_sent(P0, new, 100)
+    deliver_all(led, 3.0)
+    assert led.commits_due(3.0) == []  # offset 0 waits for the DLQ
+    led.dlq_acked(P0, old, 0, 100)  # the first copy is taken
+    assert led.commits_due(4.0) == [(P0, 2)]
+    led.dlq_acked(P0, new, 0, 100)  # then the second: nothing counted twice
+    assert led.parts[P0].offsets.finished_uncommitted == 2
+    assert led.parts[P0].dlq_unacked == 0
+
+
 def test_the_record_the_commit_waits_for_goes_out_even_past_the_run_ahead_bound() -> None:
     """A valid event, then poison the DLQ acknowledges before the event's batch goes: the
     bound filled behind the one record that could move the commit, and the partition waited

@@ -156,6 +156,8 @@ def test_finishing_twice_is_harmless() -> None:
     assert po.outstanding == 1
     po.finish(3)
     assert po.committable == 4
+    po.finish(2)  # after the watermark passed it: it once stayed counted as finished
+    assert po.finished_uncommitted == 3
 
 
 # ---- gaps (compaction, transaction markers) ----
