@@ -191,7 +191,12 @@ class Pacer:
         # spacing worked out over reset - now but counted from the later slot
         # is too long, the last slots fall past the reset and the end of the
         # window goes unused (one worker used 94% of its budget so).
-        return start, max(interval, (self._reset_mono - start) / (left * self._share))
+        # Never more than two of the new window's spacings past its start, though: with a
+        # sliver left (a small share, a little budget) the spacing ran to minutes, and the
+        # slot after it stayed there when the new window came (a worker sent nothing for
+        # 190 s with a backlog waiting).
+        spread = (self._reset_mono - start) / (left * self._share)
+        return start, max(interval, min(spread, self._reset_mono - start + 2 * per_window))
 
     def _claim(self, slot: float, interval: float) -> None:
         self._next_slot = slot + interval

@@ -75,6 +75,8 @@ class Checker(Observer, ApiObserver):
     # budget use: the API (for its windows), when anything but a steady state held
     api: Any = None
     unsteady: list[tuple[float, float]] = field(default_factory=list)
+    # when commits went unanswered or refused (the coordinator away, answers lost)
+    commits_unanswered: list[tuple[float, float]] = field(default_factory=list)
     can_fill_budget: bool = False
     _window: int = -1
     _window_backlog: bool = False
@@ -274,6 +276,8 @@ class Checker(Observer, ApiObserver):
         for p, at in commits_at.items():
             if at < 0:
                 continue  # that commit was refused
+            if any(start <= at <= end for start, end in self.commits_unanswered):
+                continue  # sent while commits went unanswered: the stop could not wait it out
             base = cluster.committed.get(p, 0)
             o = base
             while self.known_at.get((p, o), float("inf")) <= at:

@@ -168,6 +168,11 @@ def run(
     rig.slack()
     _schedule_faults(world, api, rig.cluster, faults, others=others if scale_in else None)
     checker.unsteady = [(f.start, f.end) for f in faults]
+    checker.commits_unanswered = [
+        (f.start, f.end)
+        for f in faults
+        if f.kind in ("coordinator_down", "commit_silent", "commit_refuse")
+    ]
     checker.can_fill_budget = (
         limit is not None and settings.max_in_flight / api.latency[1] >= 4 * limit / window_s
     )

@@ -46,10 +46,12 @@ def test_every_seed_keeps_every_invariant() -> None:
 # Seeds that longer runs at full size found, each a defect fixed since: a run-ahead past
 # the bound while poison finished through a healthy DLQ before the first commit was
 # answered (2496, 2951); records the DLQ acknowledged in the stop's last flush, after the
-# final commit, left uncommitted (2321, 6324); and the checker's own mistakes, which
-# counted what a worker knew in an earlier ownership past a gap (3461, 5552) or in an
-# earlier process (3670) as known at its let-go.
-FOUND = [2321, 2496, 2951, 3461, 3670, 5552, 6324]
+# final commit, left uncommitted (2321, 6324); a pacer spacing of minutes from a sliver
+# of budget left at a small share, which kept a worker idle for 190 s with a backlog
+# (8763); and the checker's own mistakes, which counted what a worker knew in an earlier
+# ownership past a gap (3461, 5552) or in an earlier process (3670) as known at its
+# let-go, or held a stop to a commit sent while answers were being lost (8535).
+FOUND = [2321, 2496, 2951, 3461, 3670, 5552, 6324, 8535, 8763]
 
 
 @pytest.mark.parametrize("seed", FOUND)

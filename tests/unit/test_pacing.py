@@ -905,3 +905,26 @@ def test_the_window_after_the_others_stop_is_used_whole(leave: float) -> None:
     after = next(s for s in result.windows_seen if s - first >= leave * window)
     assert result.by_worker.get((0, after), 0) >= 57, result.by_worker
     assert result.rate_429 <= 0.02
+
+
+def test_a_sliver_of_budget_left_never_puts_the_next_slot_minutes_past_the_reset() -> None:
+    """A share learnt small (the others used the key) and a little of the window left: the
+    spacing, what is left spread over the time to the reset, ran to two minutes, and the
+    slot after it stayed there through the next windows (found by the simulation: a worker
+    sent nothing for 190 s with a backlog waiting)."""
+    clock = FakeClock()
+    p = _pacer(clock, window=10.0)
+    first, second = WALL0 + 10.0, WALL0 + 20.0  # two windows' resets
+    clock.advance(0.3)
+    p.observe(RateLimitHeaders(60, 58, first))
+    clock.advance(6.6)
+    p.observe(RateLimitHeaders(60, 29, first))  # one of ours in 29 of the key's
+    clock.advance(3.3)
+    p.observe(RateLimitHeaders(60, 59, second))  # the next window: the share measured, 1/29
+    assert p.share < 0.05
+    clock.advance(3.3)
+    p.observe(RateLimitHeaders(60, 31, second))  # the others busy: a sliver left for us
+    assert p.reserve() == 0.0
+    per_window = 10.0 / (60 * p.share)
+    to_reset = second - clock.wall()
+    assert p.wait_s() <= to_reset + 2 * per_window + 1e-6, p.wait_s()
