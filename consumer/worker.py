@@ -45,6 +45,9 @@ _BUSY_POLL_S = 0.005
 _REVOKE_WAIT_S = 15.0
 _REVOKE_COMMIT_S = 5.0  # after the wait, for the revoke's commit to be confirmed
 _SWEEP_S = 1.0
+# the least left of the stop's budget worth a commit after the DLQ's last flush: half of
+# it waits for the answer, which a coordinator gives in milliseconds
+_LAST_COMMIT_MIN_S = 0.2
 # Of the stop budget (GR_SHUTDOWN_TIMEOUT_S), what is kept for leaving the group
 # and flushing the DLQ after the drain.
 _CLOSE_SHARE, _CLOSE_MAX_S = 0.2, 5.0
@@ -672,14 +675,17 @@ class Worker:
         if commit:
             written = self.stats["dead_lettered"]
             self._serve_dlq(0)
-            if self.stats["dead_lettered"] != written and led.uncommitted():
+            left_s = self._deadline - self._now()
+            if (
+                self.stats["dead_lettered"] != written
+                and led.uncommitted()
+                and left_s >= _LAST_COMMIT_MIN_S
+            ):
                 # what the DLQ acknowledged in that flush finished its records after the
                 # final commit: commit them too (in half of what is left), or the next
                 # owner writes them to the DLQ again
                 try:
-                    self._final_commit(
-                        consumer, self._now() + max(0.0, self._deadline - self._now()) / 2
-                    )
+                    self._final_commit(consumer, self._now() + left_s / 2)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("final commit failed", extra={"error": str(exc)})
         self._dlq.close(0.0)

@@ -25,6 +25,7 @@ from tests.simulation.world import World
 
 TOPIC = "sim-events"
 DLQ_TOPIC = "sim-events.dlq"
+_COMMIT_ANSWER_MAX_S = 0.05  # the coordinator answers a commit within this, when it answers
 
 
 @dataclass
@@ -161,7 +162,7 @@ class SimConsumer:
                     for p in revoke:
                         self._drop(p)
                     self.cluster.observer.let_go_cleanly(
-                        {p: self._commit_at.get(p, started) for p in revoke}, started
+                        {p: self._judged_at(p, started) for p in revoke}, started
                     )
             assign = [p for p in assign if p not in self.assigned]
             if assign:
@@ -279,7 +280,7 @@ class SimConsumer:
         self._commit_queue.append((done, generation, refused))
         if not self._pumping:
             self._pumping = True
-            self.world.after(rng.uniform(0.001, 0.05), self._pump_commits)
+            self.world.after(rng.uniform(0.001, _COMMIT_ANSWER_MAX_S), self._pump_commits)
         return None
 
     def _pump_commits(self) -> None:
@@ -322,8 +323,19 @@ class SimConsumer:
         for p in owned:
             self._drop(p)
         self.cluster.observer.let_go_cleanly(
-            {p: started if done else self._commit_at.get(p, started) for p in owned}, started
+            {p: started if done else self._judged_at(p, started) for p in owned}, started
         )
+
+    def _judged_at(self, p: int, started: float) -> float:
+        """When the worker last committed this partition: what it knew then must be in the
+        group. None sent, it knew by the let-go; one sent too late to be answered before
+        the let-go (the stop's budget spent), or refused: nothing to judge (-1)."""
+        at = self._commit_at.get(p)
+        if at is None:
+            return started
+        if at >= 0 and started - at < _COMMIT_ANSWER_MAX_S:
+            return -1.0
+        return at
 
 
 @dataclass
