@@ -21,7 +21,7 @@ from dataclasses import dataclass
 Clock = Callable[[], float]
 _MANY = 1 << 20  # "no bound": more slots than a worker has requests
 _IDLE_MAX = 24  # the longest stretch of the key's requests looked at for the others' use
-_FALSE_IDLE = 0.002  # how likely a stretch may be to look idle while the others are busy
+_FALSE_IDLE = 0.02  # how likely a stretch may be to look idle while the others are busy
 
 
 @functools.lru_cache(maxsize=256)
@@ -272,7 +272,8 @@ class Pacer:
         window's end, the share kept this worker at its old part of the key for the rest of
         the window and most of the next (a three-worker drain's last 10 s at half speed).
         The stretch is long enough (`_idle_sample`) that the others, busy at their share,
-        would look so idle by chance less than once in 500 looks."""
+        would look so idle by chance less than once in 50 looks; a false rise costs a
+        429 or two at the window's end, a late one seconds of the key unused."""
         marks = self._marks
         marks.append((own, used))
         if self._share >= 1.0:
