@@ -345,15 +345,21 @@ def test_records_waiting_for_the_dlq_count_toward_the_memory_bound() -> None:
     assert led.flow(2.0).resume == [P0]
 
 
-def test_records_waiting_for_the_dlq_count_toward_the_run_ahead_bound() -> None:
-    """Delivery past a record the DLQ has not acknowledged runs ahead of the commit: the
-    waiting records count too, so a mostly-poison partition stops at the bound."""
+def _poison_waiting_for_the_dlq(read_up_to: int) -> tuple[Ledger, int]:
+    """A bound of 20; offsets 0..24 poison, handed to the DLQ writer, none acknowledged."""
     led = ledger(max_uncommitted=20)
     led.assigned([P0], 0.0)
     generation = led.parts[P0].generation
-    read(led, P0, list(range(30)), poison=tuple(range(25)))
+    read(led, P0, list(range(read_up_to)), poison=tuple(range(25)))
     for _ in range(25):
         assert led.dlq_sent(P0, generation, 100)
+    return led, generation
+
+
+def test_records_waiting_for_the_dlq_count_toward_the_run_ahead_bound() -> None:
+    """Delivery past a record the DLQ has not acknowledged runs ahead of the commit: the
+    waiting records count too, so a mostly-poison partition stops at the bound."""
+    led, _ = _poison_waiting_for_the_dlq(read_up_to=30)
     assert led.next_jobs(1.0, True, 8) == []  # 25 waiting for the DLQ: past the bound of 20
     assert UNCOMMITTED in led.parts[P0].reasons
 
@@ -362,12 +368,7 @@ def test_poison_acknowledged_at_the_bound_keeps_fetching_stopped_until_the_commi
     """Poison alone, at the bound, its commit not yet answered: fetching resumed as soon as
     the DLQ acknowledged what waited, and each fetch's poison finished past the bound until
     the answer came (240 past a bound of 30 within a second, found by the simulation)."""
-    led = ledger(max_uncommitted=20)
-    led.assigned([P0], 0.0)
-    generation = led.parts[P0].generation
-    read(led, P0, list(range(25)), poison=tuple(range(25)))
-    for _ in range(25):
-        assert led.dlq_sent(P0, generation, 100)
+    led, generation = _poison_waiting_for_the_dlq(read_up_to=25)
     assert led.flow(1.0).pause == [P0]
     assert UNCOMMITTED in led.parts[P0].reasons
     for offset in range(25):
