@@ -42,7 +42,9 @@ def _offset(part: Mapping[str, Any], name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
-def parse(stats: str | bytes, *, from_earliest: bool = True) -> list[PartitionLag]:
+def parse(
+    stats: str | bytes | Mapping[str, Any], *, from_earliest: bool = True
+) -> list[PartitionLag]:
     """The partitions whose lag the statistics establish.
 
     librdkafka's `consumer_lag` is the log-end offset (the last stable offset
@@ -51,7 +53,7 @@ def parse(stats: str | bytes, *, from_earliest: bool = True) -> list[PartitionLa
     offset, everything from the log start on is still to do. Partitions whose
     offsets are not known yet (still being looked up) are left out.
     """
-    doc = orjson.loads(stats)
+    doc = orjson.loads(stats) if isinstance(stats, str | bytes) else stats
     out: list[PartitionLag] = []
     topics = doc.get("topics") if isinstance(doc, dict) else None
     if not isinstance(topics, dict):
@@ -91,18 +93,32 @@ class LagGauges:
 
     @classmethod
     def install(
-        cls, conf: dict[str, Any], lag: Gauge, committed: Gauge, owned: Callable[[], Collection[TP]]
+        cls,
+        conf: dict[str, Any],
+        lag: Gauge,
+        committed: Gauge,
+        owned: Callable[[], Collection[TP]],
+        also: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> LagGauges:
         """Ask librdkafka for statistics every DEFAULT_INTERVAL_MS (unless the configuration
         sets `statistics.interval.ms`; 0 turns them off) and feed them to the gauges, for the
-        partitions `owned()` names when they arrive."""
+        partitions `owned()` names when they arrive; `also` gets the same parsed report."""
         reset = str(conf.get("auto.offset.reset", "latest")).lower()
         gauges = cls(lag, committed, from_earliest=reset in _EARLIEST)
+
+        def on_stats(stats: str | bytes) -> None:
+            doc = orjson.loads(stats)
+            if not isinstance(doc, dict):
+                return
+            gauges.update(doc, owned())
+            if also is not None:
+                also(doc)
+
         conf.setdefault("statistics.interval.ms", DEFAULT_INTERVAL_MS)
-        conf.setdefault("stats_cb", lambda stats: gauges.update(stats, owned()))
+        conf.setdefault("stats_cb", on_stats)
         return gauges
 
-    def update(self, stats: str | bytes, owned: Collection[TP]) -> None:
+    def update(self, stats: str | bytes | Mapping[str, Any], owned: Collection[TP]) -> None:
         for p in parse(stats, from_earliest=self.from_earliest):
             tp = (p.topic, p.partition)
             if tp not in owned:  # a report from before a revoke: no longer ours

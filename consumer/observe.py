@@ -112,6 +112,12 @@ class Metrics:
         self.rebalances = Counter(
             "gr_rebalances", "Rebalance callbacks by kind", ["kind"], registry=r
         )
+        self.fetch_restarts = Counter(
+            "gr_fetch_restarts",
+            "Partitions assigned again because librdkafka never started fetching them "
+            "(their committed offsets were never looked up)",
+            registry=r,
+        )
         self.partition_commit_age = Gauge(
             "gr_partition_last_commit_age_seconds",
             "Seconds since the partition's committed offset last moved (or it was assigned)",

@@ -20,7 +20,7 @@ import logging
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
@@ -32,6 +32,7 @@ from consumer.config import Settings
 from consumer.dlq import DlqRecord, DlqWriter, Source, dlq_headers
 from consumer.errors import WorkerFailedError
 from consumer.events import EventDecoder
+from consumer.fetch_watch import FetchWatch, fetch_states
 from consumer.kafka_config import consumer_config, producer_config
 from consumer.lag import LagGauges
 from consumer.ledger import TP, Actions, Ledger, Part
@@ -103,11 +104,14 @@ class Worker:
             settings, on_commit=self._on_commit, **(consumer_overrides or {})
         )
         m = self.metrics
+        self._fetch_watch = FetchWatch()
+        self._never_fetched: set[TP] = set()  # named by the last statistics report
         self._lag = LagGauges.install(
             self._consumer_conf,
             m.partition_consumer_lag,
             m.partition_committed_offset,
             lambda: self._ledger.parts,
+            also=self._watch_fetching,
         )
         self._consumer_factory = consumer_factory
         self._dispatch = dispatch.build(settings, self.metrics, self.health, clock, transport)
@@ -221,6 +225,8 @@ class Worker:
             messages = consumer.consume(_CONSUME_BATCH, max(timeout, 0.001))
         if self._pending:
             self._carry_out_pending(consumer)
+        if self._never_fetched:
+            self._assign_again(consumer)
         now = self._clock.monotonic()
         if messages:
             self._ingest(messages, now)
@@ -522,6 +528,53 @@ class Worker:
                 ):
                     gauge.remove(*labels)
 
+    # ---- partitions librdkafka never started fetching ----
+
+    def _watch_fetching(self, stats: Mapping[str, Any]) -> None:
+        """A statistics report (inside consume, on this thread): note the partitions it
+        shows owned for long and never fetched (`fetch_watch`)."""
+        stuck = self._fetch_watch.observe(
+            fetch_states(stats), self._ledger.parts, self._clock.monotonic()
+        )
+        self._never_fetched.update(stuck)
+
+    def _assign_again(self, consumer: Any) -> None:
+        """Assign the partitions librdkafka never started fetching again: it looks their
+        offsets up afresh. Only ones this worker has read nothing from, so nothing read
+        is read twice."""
+        led = self._ledger
+        tps = sorted(
+            tp
+            for tp in self._never_fetched
+            if (part := led.parts.get(tp)) is not None and part.offsets.last_read is None
+        )
+        self._never_fetched.clear()
+        if not tps or self._stop.is_set():
+            return
+        names = [f"{t}:{p}" for t, p in tps]
+        log.warning(
+            "partitions assigned but never fetched (their committed offsets were never "
+            "looked up); assigning them again",
+            extra={"partitions": names, "after_s": self._fetch_watch.stuck_after_s},
+        )
+        listed = [TopicPartition(*tp) for tp in tps]
+        try:
+            consumer.incremental_unassign(listed)
+            consumer.incremental_assign(listed)
+        except KafkaException as exc:
+            # An eager assignor (a user's partition.assignment.strategy) takes whole
+            # assignments only: when nothing owned was ever fetched, assign it all again.
+            if set(tps) != set(led.parts):
+                log.warning("assigning again failed", extra={"error": str(exc)})
+                return
+            try:
+                consumer.assign(listed)
+            except KafkaException as again:
+                log.warning("assigning again failed", extra={"error": str(again)})
+                return
+        self._fetch_watch.assigned_again(tps, self._clock.monotonic())
+        self.metrics.fetch_restarts.inc(len(tps))
+
     # ---- rebalances (run inside consume, on this thread) ----
 
     def _on_assign(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -626,6 +679,8 @@ class Worker:
                 self._dispatch.cancel(job)
             self._dlq.cancel((part.tp, part.generation))
         self._drop_gauges(tps)
+        self._fetch_watch.forget(tps)
+        self._never_fetched.difference_update(tps)
         self.metrics.partitions_assigned.set(len(led.parts))
         self.metrics.partitions_paused.set(led.paused_count)
         names = [f"{t}:{p}" for t, p in tps]

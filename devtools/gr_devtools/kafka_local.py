@@ -133,6 +133,9 @@ class LocalKafka:
     # (mutual TLS); `client_certificate()` makes certificates for clients
     mtls: bool = False
     mtls_port: int = field(default_factory=free_port)
+    # more PLAINTEXT listeners, name -> (port bound, port advertised): a test puts a
+    # proxy on the advertised port, and every connection of its clients goes through it
+    extra_listeners: dict[str, tuple[int, int]] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = None
     _formatted: bool = False
 
@@ -271,6 +274,10 @@ class LocalKafka:
             props["listener.name.mtls.ssl.client.auth"] = "required"
             props["listener.name.mtls.ssl.truststore.type"] = "PEM"
             props["listener.name.mtls.ssl.truststore.location"] = str(self.client_ca_pem)
+        for name, (bound, advertised) in self.extra_listeners.items():
+            props["listeners"] += f",{name}://127.0.0.1:{bound}"
+            props["advertised.listeners"] += f",{name}://127.0.0.1:{advertised}"
+            props["listener.security.protocol.map"] += f",{name}:PLAINTEXT"
         if (self.sasl_users and self.sasl_tls) or self.scram_users or self.mtls:
             self._make_certificate()
             props["ssl.keystore.location"] = str(self.data_dir / "tls" / "broker.p12")
