@@ -5,7 +5,11 @@ one partition per fetch, paused partitions return nothing, a (re)assigned
 partition starts at the group's committed offset, rebalance callbacks run
 inside `consume`, asynchronous commits are answered later (or refused, or
 never), a synchronous commit blocks while the coordinator is away, records
-are sometimes read again from an earlier position. The producer acknowledges
+are sometimes read again from an earlier position. While the coordinator
+answers offset look-ups wrongly (`lookup_lost`), a partition assigned is never
+fetched, and every one assigned after it waits behind it, until the worker
+assigns it again; statistics reports (`stats_cb`, every
+`statistics.interval.ms`) show such partitions in fetch state "none". The producer acknowledges
 after a delay, or refuses (a missing topic, no authorisation, a full queue, a
 record too large for the topic), or turns fatal the way librdkafka reports it:
 an error callback with `_FATAL`, delivery reports and `produce` failing.
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from tests.simulation.records import Rec
@@ -72,6 +77,7 @@ class Cluster:
     commit_refuse_rate: float = 0.0
     commit_silence_rate: float = 0.0
     reread_rate: float = 0.0
+    lookup_lost: bool = False  # offset look-ups answered with a request-level error
     # the DLQ topic
     dlq_mode: str = "ok"  # ok | refuse | full
     dlq_topic_max_bytes: int = 1_000_000
@@ -118,6 +124,14 @@ class SimConsumer:
         self.closed = False
         self.in_callback = False
         self._commit_at: dict[int, float] = {}  # when each partition's last commit went out
+        # librdkafka's assignment beside the group's: partitions whose offset look-up was
+        # lost (never fetched), those waiting behind them, those the worker unassigned
+        self.unstarted: set[int] = set()
+        self.behind: set[int] = set()
+        self.unassigned: set[int] = set()
+        self._stats_cb: Callable[[bytes], None] | None = conf.get("stats_cb")
+        self._stats_every = float(conf.get("statistics.interval.ms", 0)) / 1000.0
+        self._next_stats = self.world.now + self._stats_every
 
     # ---- what the world does to the group ----
 
@@ -134,6 +148,7 @@ class SimConsumer:
             raise RuntimeError("consume after close")
         self.cluster.observer.turn()
         self._callbacks()
+        self._stats()
         out = self._fetch(num)
         if out:
             return out
@@ -168,14 +183,61 @@ class SimConsumer:
             if assign:
                 self.cluster.generation += 1
                 for p in assign:
-                    self.assigned[p] = max(0, self.cluster.committed.get(p, 0))
+                    self._look_up(p)
                 self.cluster.observer.assigned(assign)
                 self._call("on_assign", [TopicPartition(TOPIC, p) for p in assign])
+
+    def _look_up(self, p: int) -> None:
+        """librdkafka asks for the committed offset of a partition it was given."""
+        self.assigned[p] = max(0, self.cluster.committed.get(p, 0))
+        if self.cluster.lookup_lost:
+            self.unstarted.add(p)  # never asked again
+        elif self.unstarted:
+            self.behind.add(p)  # asked once the lost ones are out of the way
+
+    def _unstick(self) -> None:
+        if not self.unstarted:
+            for p in sorted(self.behind):
+                self.behind.discard(p)
+                self._look_up(p)
 
     def _drop(self, p: int) -> None:
         self.assigned.pop(p, None)
         self.paused.discard(p)  # librdkafka forgets the pause with the partition
+        self.unstarted.discard(p)
+        self.behind.discard(p)
+        self.unassigned.discard(p)
+        self._unstick()
         self.cluster.observer.let_go([p])
+
+    def _stats(self) -> None:
+        if self._stats_cb is None or self._stats_every <= 0 or self.world.now < self._next_stats:
+            return
+        self._next_stats = self.world.now + self._stats_every
+        idle = self.unstarted | self.behind | self.unassigned
+        parts: dict[str, Any] = {"-1": {"partition": -1, "fetch_state": "none"}}
+        for p in range(self.cluster.partitions):
+            state = ("none" if p in idle else "active") if p in self.assigned else "stopped"
+            parts[str(p)] = {"partition": p, "fetch_state": state}
+        self._stats_cb(orjson.dumps({"topics": {TOPIC: {"topic": TOPIC, "partitions": parts}}}))
+
+    def incremental_unassign(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            p = tp.partition
+            if p not in self.assigned or p in self.unassigned:
+                raise KafkaException(KafkaError(KafkaError._INVALID_ARG))
+            self.unstarted.discard(p)
+            self.behind.discard(p)
+            self.unassigned.add(p)
+        self._unstick()
+
+    def incremental_assign(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            p = tp.partition
+            if p not in self.unassigned:
+                raise KafkaException(KafkaError(KafkaError._CONFLICT))
+            self.unassigned.discard(p)
+            self._look_up(p)
 
     def _call(self, name: str, tps: list[TopicPartition]) -> None:
         self.in_callback = True
@@ -193,6 +255,9 @@ class SimConsumer:
             p
             for p in sorted(assigned)
             if p not in self.paused
+            and p not in self.unstarted
+            and p not in self.behind
+            and p not in self.unassigned
             and assigned[p] < len(logs[p])
             and logs[p][assigned[p]][0] <= now
         ]

@@ -103,6 +103,12 @@ def run(
     for _ in range(rng.choice((0, 1, 2, 3, 5, 8))):
         start = rng.uniform(0, 60)
         faults.append(_Fault(rng.choice(_FAULT_KINDS), start, start + rng.uniform(2, 40)))
+    # The coordinator answering offset look-ups wrongly, from the start or later: drawn
+    # from a stream of its own, so every seed's other choices stay as they were.
+    lookups = random.Random(f"lookups:{seed}")
+    if lookups.random() < 0.2:
+        start = lookups.choice((0.0, lookups.uniform(0, 60)))
+        faults.append(_Fault("lookup_lost", start, start + lookups.uniform(2, 40)))
     lives = rng.choice((1, 1, 2, 3))
     life_s = [rng.uniform(3, 60) for _ in range(lives - 1)]
     rebalances = rng.choice((0, 0, 2, 5))
@@ -298,6 +304,8 @@ def _switches(
         return setter(cluster, "commit_silence_rate", 0.5, 0.0)
     if kind == "reread":
         return setter(cluster, "reread_rate", 0.3, 0.0)
+    if kind == "lookup_lost":
+        return setter(cluster, "lookup_lost", True, False)
     share = rng.choice((0.3, 0.6))
     return setter(api, "others_share", share, 0.0)
 

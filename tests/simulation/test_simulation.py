@@ -51,8 +51,10 @@ def test_every_seed_keeps_every_invariant() -> None:
 # (8763); and the checker's own mistakes, which counted what a worker knew in an earlier
 # ownership past a gap (3461, 5552) or in an earlier process (3670) as known at its
 # let-go, or held a stop to a commit sent while answers were being lost (8535) or too late
-# to be answered before the stop's budget ran out (6558).
-FOUND = [2321, 2496, 2951, 3461, 3670, 5552, 6324, 6558, 8535, 8763]
+# to be answered before the stop's budget ran out (6558). And partitions assigned while
+# the coordinator answered offset look-ups wrongly, never fetched: not drained after an
+# hour of virtual time until the worker assigned them again (3, 8).
+FOUND = [3, 8, 2321, 2496, 2951, 3461, 3670, 5552, 6324, 6558, 8535, 8763]
 
 
 @pytest.mark.parametrize("seed", FOUND)
