@@ -560,7 +560,6 @@ class Worker:
         listed = [TopicPartition(*tp) for tp in tps]
         try:
             consumer.incremental_unassign(listed)
-            consumer.incremental_assign(listed)
         except KafkaException as exc:
             # An eager assignor (a user's partition.assignment.strategy) takes whole
             # assignments only: when nothing owned was ever fetched, assign it all again.
@@ -572,6 +571,15 @@ class Worker:
             except KafkaException as again:
                 log.warning("assigning again failed", extra={"error": str(again)})
                 return
+        else:
+            try:
+                consumer.incremental_assign(listed)
+            except KafkaException as exc:
+                # Owned by the group, no longer by librdkafka: nothing would ever read
+                # them. A restart is what mends that.
+                raise WorkerFailedError(
+                    f"partitions unassigned and not assigned again: {exc}"
+                ) from exc
         self._fetch_watch.assigned_again(tps, self._clock.monotonic())
         self.metrics.fetch_restarts.inc(len(tps))
 

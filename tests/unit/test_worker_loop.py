@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from consumer import config
@@ -28,6 +29,9 @@ class FakeConsumer:
         self.async_results: list[tuple[KafkaError | None, list[TopicPartition]]] = []
         self.closed = False
         self.cb: dict[str, Any] = {}
+        self.stats_cb: Callable[[bytes], None] = conf["stats_cb"]
+        self.eager = False  # incremental_* refused, as under an eager assignor
+        self.refuse_assign = False
 
     def subscribe(self, _topics: list[str], **callbacks: Any) -> None:
         self.cb = callbacks
@@ -44,11 +48,31 @@ class FakeConsumer:
     def done(self) -> bool:
         return not self.script
 
-    def assign(self, *partitions: int) -> None:
+    def assign(self, *partitions: Any) -> None:
+        """A test's `assign(0, 1)`: the group assigns (the callback runs). The worker's
+        `assign([TopicPartition, ...])`: librdkafka's eager assign, recorded."""
+        if partitions and isinstance(partitions[0], list):
+            self.calls.append(("assign", [tp.partition for tp in partitions[0]]))
+            return
         self.cb["on_assign"](self, [TopicPartition(TOPIC, p) for p in partitions])
 
     def lose(self, *partitions: int) -> None:
         self.cb["on_lost"](self, [TopicPartition(TOPIC, p) for p in partitions])
+
+    def report(self, **states: str) -> None:
+        """A statistics report: each partition ("p0"...) in the fetch state given."""
+        parts = {k[1:]: {"partition": int(k[1:]), "fetch_state": v} for k, v in states.items()}
+        self.stats_cb(orjson.dumps({"topics": {TOPIC: {"partitions": parts}}}))
+
+    def incremental_unassign(self, tps: list[TopicPartition]) -> None:
+        if self.eager:
+            raise KafkaException(KafkaError(KafkaError._STATE))
+        self.calls.append(("unassign", [tp.partition for tp in tps]))
+
+    def incremental_assign(self, tps: list[TopicPartition]) -> None:
+        if self.refuse_assign:
+            raise KafkaException(KafkaError(KafkaError._STATE))
+        self.calls.append(("reassign", [tp.partition for tp in tps]))
 
     def pause(self, tps: list[TopicPartition]) -> None:
         self.calls.append(("pause", [tp.partition for tp in tps]))
@@ -83,7 +107,9 @@ def poison(partition: int, *offsets: int) -> list[Any]:
     return [Message(topic=TOPIC, partition=partition, offset=o, value=b"not json") for o in offsets]
 
 
-def run(script: list[Step], **env: str) -> tuple[int, FakeConsumer]:
+def run(
+    script: list[Step], stuck_after_s: float | None = None, **env: str
+) -> tuple[int, FakeConsumer, Worker]:
     settings = config.load(
         {
             "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
@@ -104,8 +130,10 @@ def run(script: list[Step], **env: str) -> tuple[int, FakeConsumer]:
     worker = Worker(
         settings, consumer_factory=factory, producer_factory=lambda _conf: ScriptedProducer()
     )
+    if stuck_after_s is not None:
+        worker._fetch_watch.stuck_after_s = stuck_after_s
     code = worker.run(until=lambda: made[0].done)
-    return code, made[0]
+    return code, made[0], worker
 
 
 def idle(_c: FakeConsumer) -> None:
@@ -116,13 +144,13 @@ def test_a_failure_in_the_loop_closes_the_consumer_and_returns_1() -> None:
     def boom(_c: FakeConsumer) -> None:
         raise ValueError("offset 3 read after 7")
 
-    code, consumer = run([lambda c: c.assign(0), boom, idle])
+    code, consumer, _ = run([lambda c: c.assign(0), boom, idle])
     assert code == 1
     assert consumer.closed
 
 
 def test_every_assignment_resumes_its_partitions_even_after_a_loss() -> None:
-    code, consumer = run(
+    code, consumer, _ = run(
         [lambda c: c.assign(0, 1), idle, lambda c: c.lose(0, 1), lambda c: c.assign(0, 1), idle]
     )
     assert code == 0
@@ -135,7 +163,7 @@ def test_dead_letters_are_committed_and_a_refused_commit_is_retried() -> None:
         c.refuse_commits = 2
         return poison(0, 0, 1, 2)
 
-    code, consumer = run([lambda c: c.assign(0), refuse_next, *[idle] * 30])
+    code, consumer, _ = run([lambda c: c.assign(0), refuse_next, *[idle] * 30])
     assert code == 0
     commits = [args for kind, args in consumer.calls if kind == "commit"]
     assert commits[-1] == [(0, 3)]
@@ -147,8 +175,66 @@ def test_the_drain_commits_before_it_closes_despite_refusals() -> None:
         c.refuse_commits = 5
         return poison(1, 10, 11)
 
-    code, consumer = run([lambda c: c.assign(1), refuse_at_stop])
+    code, consumer, _ = run([lambda c: c.assign(1), refuse_at_stop])
     assert code == 0
     kinds = [kind for kind, _ in consumer.calls]
     assert kinds[-2:] == ["commit", "close"]
     assert consumer.calls[-2] == ("commit", [(1, 12)])
+
+
+# ---- partitions librdkafka never started fetching (consumer/fetch_watch.py) ----
+
+
+def test_a_partition_reported_never_fetched_is_assigned_again() -> None:
+    code, consumer, worker = run(
+        [lambda c: c.assign(0, 1), lambda c: c.report(p0="none", p1="active"), idle],
+        stuck_after_s=0.0,
+    )
+    assert code == 0
+    moves = [(k, a) for k, a in consumer.calls if k in ("unassign", "reassign", "assign")]
+    assert moves == [("unassign", [0]), ("reassign", [0])]
+    assert worker.metrics.fetch_restarts._value.get() == 1
+
+
+def test_a_partition_read_from_is_never_assigned_again() -> None:
+    """Whatever a report says: assigning it again would read its records twice."""
+    code, consumer, worker = run(
+        [lambda c: c.assign(0), lambda _c: poison(0, 0), lambda c: c.report(p0="none"), idle],
+        stuck_after_s=0.0,
+    )
+    assert code == 0
+    assert not [k for k, _ in consumer.calls if k in ("unassign", "reassign", "assign")]
+    assert worker.metrics.fetch_restarts._value.get() == 0
+
+
+def test_under_an_eager_assignor_the_whole_assignment_is_assigned_again_only_if_none_was_fetched() -> (
+    None
+):
+    def eager(c: FakeConsumer) -> None:
+        c.eager = True
+        c.assign(0, 1)
+
+    code, consumer, _ = run(
+        [
+            eager,
+            lambda c: c.report(p0="none", p1="active"),
+            lambda c: c.report(p0="none", p1="none"),
+            idle,
+        ],
+        stuck_after_s=0.0,
+    )
+    assert code == 0
+    assert [(k, a) for k, a in consumer.calls if k == "assign"] == [("assign", [0, 1])]
+
+
+def test_partitions_unassigned_and_not_assigned_again_stop_the_worker() -> None:
+    """librdkafka would read them no more, the group still counts them ours: exit 1, and
+    the restart mends it."""
+
+    def refuse(c: FakeConsumer) -> None:
+        c.refuse_assign = True
+        c.report(p0="none")
+
+    code, consumer, _ = run([lambda c: c.assign(0), refuse, idle, idle], stuck_after_s=0.0)
+    assert code == 1
+    assert consumer.closed
