@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from consumer.rdkafka_stats import partition_reports
+
 TP = tuple[str, int]
 
 # An offset look-up takes milliseconds; one that has not happened in this long
@@ -33,19 +35,10 @@ _NOT_STARTED = frozenset({"none", "stopped"})
 def fetch_states(doc: Mapping[str, Any]) -> dict[TP, str]:
     """Each partition's fetch state in one statistics report."""
     out: dict[TP, str] = {}
-    topics = doc.get("topics")
-    if not isinstance(topics, dict):
-        return out
-    for topic, tdoc in topics.items():
-        parts = tdoc.get("partitions") if isinstance(tdoc, dict) else None
-        if not isinstance(parts, dict):
-            continue
-        for pdoc in parts.values():
-            if not isinstance(pdoc, dict):
-                continue
-            partition, state = pdoc.get("partition"), pdoc.get("fetch_state")
-            if isinstance(partition, int) and partition >= 0 and isinstance(state, str):
-                out[(str(topic), partition)] = state
+    for topic, partition, pdoc in partition_reports(doc):
+        state = pdoc.get("fetch_state")
+        if isinstance(state, str):
+            out[(topic, partition)] = state
     return out
 
 

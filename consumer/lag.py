@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from prometheus_client import Gauge
 
+from consumer.rdkafka_stats import partition_reports
+
 TP = tuple[str, int]
 
 # Often enough for alerts and autoscaling decisions that look at minutes.
@@ -55,30 +57,20 @@ def parse(
     """
     doc = orjson.loads(stats) if isinstance(stats, str | bytes) else stats
     out: list[PartitionLag] = []
-    topics = doc.get("topics") if isinstance(doc, dict) else None
-    if not isinstance(topics, dict):
+    if not isinstance(doc, dict):
         return out
-    for topic, tdoc in topics.items():
-        parts = tdoc.get("partitions") if isinstance(tdoc, dict) else None
-        if not isinstance(parts, dict):
+    for topic, partition, pdoc in partition_reports(doc):
+        committed = _offset(pdoc, "committed_offset")
+        lag = _offset(pdoc, "consumer_lag")
+        if lag < 0 and committed < 0 and from_earliest:
+            end = _offset(pdoc, "ls_offset")
+            end = end if end >= 0 else _offset(pdoc, "hi_offset")
+            start = _offset(pdoc, "lo_offset")
+            if end >= 0 and start >= 0:
+                lag = max(0, end - start)
+        if lag < 0:
             continue
-        for pdoc in parts.values():
-            if not isinstance(pdoc, dict):
-                continue
-            partition = _offset(pdoc, "partition")
-            if partition < 0:  # librdkafka's internal "unassigned" partition
-                continue
-            committed = _offset(pdoc, "committed_offset")
-            lag = _offset(pdoc, "consumer_lag")
-            if lag < 0 and committed < 0 and from_earliest:
-                end = _offset(pdoc, "ls_offset")
-                end = end if end >= 0 else _offset(pdoc, "hi_offset")
-                start = _offset(pdoc, "lo_offset")
-                if end >= 0 and start >= 0:
-                    lag = max(0, end - start)
-            if lag < 0:
-                continue
-            out.append(PartitionLag(str(topic), partition, lag, max(committed, -1)))
+        out.append(PartitionLag(topic, partition, lag, max(committed, -1)))
     return out
 
 

@@ -72,6 +72,15 @@ def _settings(
     return config.load(base)
 
 
+def _topic(direct: str, events: range) -> tuple[str, str]:
+    """A new topic holding `events`, with its DLQ topic, and a new group's name."""
+    topic = f"lookup-{uuid.uuid4().hex[:6]}"
+    create_topic(direct, topic, PARTITIONS)
+    create_topic(direct, f"{topic}.dlq", 1)
+    produce(direct, topic, (encode(transaction(i)) for i in events), partitions=PARTITIONS)
+    return topic, f"g-{uuid.uuid4().hex[:8]}"
+
+
 def _delivered(sim: Simulator) -> set[int]:
     return {seq_of(e) for r in sim.records() for e in r.events}
 
@@ -107,12 +116,8 @@ def test_partitions_whose_offset_look_up_failed_are_fetched_after_all(
 ) -> None:
     broker, proxy = proxied
     direct = broker.bootstrap
-    topic = f"lookup-{uuid.uuid4().hex[:6]}"
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    create_topic(direct, topic, PARTITIONS)
-    create_topic(direct, f"{topic}.dlq", 1)
     n = PARTITIONS * PER_PARTITION
-    produce(direct, topic, (encode(transaction(i)) for i in range(n)), partitions=PARTITIONS)
+    topic, group = _topic(direct, range(n))
     proxy.fail_offset_fetches(1, error)
     rw = start_worker(_settings(f"127.0.0.1:{proxy.port}", topic, group, simulator, **env))
     wait_for(lambda: _delivered(simulator) >= set(range(n)), 60, "every event delivered")
@@ -135,12 +140,8 @@ def test_a_worker_joining_while_the_coordinator_answers_wrongly_fetches_its_shar
     worker's look-ups for what it gets back are unaffected."""
     broker, proxy = proxied
     direct = broker.bootstrap
-    topic = f"lookup-{uuid.uuid4().hex[:6]}"
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    create_topic(direct, topic, PARTITIONS)
-    create_topic(direct, f"{topic}.dlq", 1)
     first = PARTITIONS * PER_PARTITION
-    produce(direct, topic, (encode(transaction(i)) for i in range(first)), partitions=PARTITIONS)
+    topic, group = _topic(direct, range(first))
     bootstrap = f"127.0.0.1:{proxy.port}"
     one = start_worker(_settings(bootstrap, topic, group, simulator))
     wait_for(lambda: _committed_all(direct, group, topic), 60, "the first events committed")

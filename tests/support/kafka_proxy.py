@@ -16,7 +16,7 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from gr_devtools.kafka_local import free_port
 
@@ -164,6 +164,16 @@ class KafkaProxy:
                 yield buf[: 4 + size]
                 buf = buf[4 + size :]
 
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, rewrite: Callable[[bytes], bytes]) -> None:
+        for frame in KafkaProxy._frames(src):
+            try:
+                dst.sendall(rewrite(frame))
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
     def _requests(
         self,
         src: socket.socket,
@@ -171,7 +181,7 @@ class KafkaProxy:
         pending: dict[int, tuple[int, int, bytes]],
         lock: threading.Lock,
     ) -> None:
-        for frame in self._frames(src):
+        def note(frame: bytes) -> bytes:
             api_key, version, correlation_id = struct.unpack_from(">hhi", frame, 4)
             if api_key == OFFSET_FETCH:
                 (client_len,) = struct.unpack_from(">h", frame, 12)
@@ -184,12 +194,9 @@ class KafkaProxy:
                         at += size
                 with lock:
                     pending[correlation_id] = (api_key, version, _first_group(frame[at:], version))
-            try:
-                dst.sendall(frame)
-            except OSError:
-                break
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+            return frame
+
+        self._pump(src, dst, note)
 
     def _responses(
         self,
@@ -198,7 +205,7 @@ class KafkaProxy:
         pending: dict[int, tuple[int, int, bytes]],
         lock: threading.Lock,
     ) -> None:
-        for frame in self._frames(src):
+        def replace(frame: bytes) -> bytes:
             (correlation_id,) = struct.unpack_from(">i", frame, 4)
             with lock:
                 request = pending.pop(correlation_id, None)
@@ -206,10 +213,7 @@ class KafkaProxy:
                 error = self._take()
                 if error is not None:
                     _api, version, group = request
-                    frame = _error_answer(correlation_id, version, group, error)
-            try:
-                dst.sendall(frame)
-            except OSError:
-                break
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+                    return _error_answer(correlation_id, version, group, error)
+            return frame
+
+        self._pump(src, dst, replace)
