@@ -218,7 +218,11 @@ class Worker:
                 if room > 0:
                     timeout = led.next_due_in(now, _IDLE_POLL_S)
                 elif budget_wake > 0:
-                    timeout = max(led.next_due_in(now, _IDLE_POLL_S), budget_wake)
+                    # no spinning on a batch due while the budget is spent, but no longer
+                    # an idle poll either: a wait for the budget can last the rest of the
+                    # key's window, and a stop, commits' answers and the sweep come first
+                    due = led.next_due_in(now, _IDLE_POLL_S)
+                    timeout = max(due, min(budget_wake, _IDLE_POLL_S))
             for wake in (self._dispatch.next_wake(), self._dlq.next_wake(now)):
                 if wake is not None:
                     timeout = min(timeout, wake - now)
