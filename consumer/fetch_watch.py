@@ -62,7 +62,7 @@ class FetchWatch:
                     stuck.append(tp)
             else:
                 self._since.pop(tp, None)
-        return stuck
+        return sorted(stuck)
 
     def assigned_again(self, tps: Iterable[TP], now: float) -> None:
         """These were assigned again now: give the new look-up its full time."""

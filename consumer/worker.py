@@ -45,6 +45,7 @@ _IDLE_POLL_S = 0.1
 _BUSY_POLL_S = 0.005
 _REVOKE_WAIT_S = 15.0
 _REVOKE_COMMIT_S = 5.0  # after the wait, for the revoke's commit to be confirmed
+_COMMIT_QUESTION_S = 0.5  # the longest wait for one answer about the group's offsets
 _SWEEP_S = 1.0
 # the least left of the stop's budget worth a commit after the DLQ's last flush: half of
 # it waits for the answer, which a coordinator gives in milliseconds
@@ -415,9 +416,9 @@ class Worker:
             self._commit_failed(targets, str(exc))
 
     def _commit_confirmed(
-        self, consumer: Any, targets: list[tuple[TP, int]], deadline: float
+        self, consumer: Any, targets: list[tuple[TP, int]], deadline: Callable[[], float]
     ) -> bool:
-        """Commit, and wait until the group holds it or `deadline`; True when it does.
+        """Commit, and wait until the group holds it or `deadline()`; True when it does.
 
         Not librdkafka's synchronous commit: that waits for an absent coordinator as
         long as it takes (no timeout), and inside a rebalance callback nothing else
@@ -429,12 +430,13 @@ class Worker:
         sent = self._now()
         want = dict(targets)
         asked = [TopicPartition(*tp) for tp in want]
-        while (left := deadline - self._now()) > 0:
+        while (left := deadline() - self._now()) > 0:
             if self._now() - sent >= 1.0:  # a commit request lost on the way: again
                 self._commit_async(consumer, targets)
                 sent = self._now()
             try:
-                found = consumer.committed(asked, max(0.01, min(left, 2.0)))
+                # short questions: the deadline may come nearer while one waits
+                found = consumer.committed(asked, max(0.01, min(left, _COMMIT_QUESTION_S)))
             except KafkaException:
                 continue  # the coordinator away: ask again while there is time
             held = [
@@ -445,7 +447,7 @@ class Worker:
                 for t in held:
                     self._ledger.commit_result((t.topic, t.partition), t.offset, True, now)
                 return True
-            self._clock.sleep(min(0.02, max(0.0, deadline - self._now())))
+            self._clock.sleep(min(0.02, max(0.0, deadline() - self._now())))
         return False
 
     def _commit_failed(self, targets: list[tuple[TP, int]], error: str) -> None:
@@ -612,9 +614,13 @@ class Worker:
         started = self._clock.monotonic()
         self._settle(tps, lambda: self._revoke_deadline(started))
         targets = led.revoke_targets(tps)
-        until = self._revoke_deadline(started) + _REVOKE_COMMIT_S
-        if self._stop_at is not None:
-            until = min(until, self._deadline - self._close_reserve / 2)
+
+        def until() -> float:  # asked again at every step: a SIGTERM meanwhile shortens it
+            end = self._revoke_deadline(started) + _REVOKE_COMMIT_S
+            if self._stop_at is not None:
+                end = min(end, self._deadline - self._close_reserve / 2)
+            return end
+
         if targets and not self._commit_confirmed(consumer, targets, until):
             log.warning(
                 "commit before revoke not confirmed; the new owner may resend",
