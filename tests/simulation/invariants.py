@@ -66,7 +66,7 @@ class Checker(Observer, ApiObserver):
     _last_job: dict[Any, Any] = field(default_factory=dict)
     _waiting: set[Any] = field(default_factory=set)
     _granted: int = 0
-    starve: dict[Any, tuple[int, int]] = field(default_factory=dict)
+    starve: dict[Any, tuple[int, int, int]] = field(default_factory=dict)
     peak_starve: int = 0
     turns: int = 0
     worker: Any = None
@@ -347,9 +347,16 @@ class Checker(Observer, ApiObserver):
             waiting.add(tp)
             # passed over for this turn's grants, if it was already waiting at the last one;
             # the bound is the most partitions owned meanwhile (a revoke shortens the queue)
-            n, most = starve.get(tp, (0, bound)) if tp in self._waiting else (-grants, bound)
+            # ...in this ownership: a partition let go and assigned again starts afresh
+            n, most, gen = (
+                starve.get(tp, (0, bound, part.generation))
+                if tp in self._waiting
+                else (-grants, bound, part.generation)
+            )
+            if gen != part.generation:
+                n, most = -grants, bound
             n, most = n + grants, max(most, bound)
-            starve[tp] = (n, most)
+            starve[tp] = (n, most, part.generation)
             self.peak_starve = max(self.peak_starve, n)
             if n > most:
                 self.fail(
