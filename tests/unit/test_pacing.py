@@ -853,6 +853,29 @@ def test_a_share_learnt_while_quiet_recovers_within_two_windows_of_the_others_le
     assert result.rate_429 <= 0.05
 
 
+def test_a_window_of_a_few_requests_all_its_own_gives_the_worker_the_whole_key() -> None:
+    """The share is measured at each window's end from any use of the key: a worker that
+    learnt a third of it, then was the key's only user in a window of four requests, takes
+    the whole key from the next window. (Measured only from windows of ten requests, a
+    worker once kept 1/64 of a key it had to itself; the rise on a stretch of its own
+    requests does not cover four.)"""
+    clock = FakeClock()
+    pacer = _pacer(clock, window=10.0)
+
+    def window(remaining: list[int], reset: float) -> None:
+        for left in remaining:
+            pacer.observe(RateLimitHeaders(60, left, WALL0 + reset))
+            clock.advance(0.1)
+
+    window([59, 58, 55, 52, 49, 47], 10.0)  # ours 5 answers, the others 7 of the 12 used
+    clock.t = 10.5
+    window([59, 58, 57, 56], 20.0)  # the others gone: 3 used after the first, all ours
+    assert pacer.share == pytest.approx(5 / 12)
+    clock.t = 20.5
+    window([59], 30.0)  # the next window's first answer closes the last one
+    assert pacer.share == 1.0
+
+
 # ---- slots_soon: how many requests to cut now ----
 
 
