@@ -348,14 +348,10 @@ class Checker(Observer, ApiObserver):
             # passed over for this turn's grants, if it was already waiting at the last one;
             # the bound is the most partitions owned meanwhile (a revoke shortens the queue)
             # ...in this ownership: a partition let go and assigned again starts afresh
-            n, most, gen = (
-                starve.get(tp, (0, bound, part.generation))
-                if tp in self._waiting
-                else (-grants, bound, part.generation)
-            )
-            if gen != part.generation:
-                n, most = -grants, bound
-            n, most = n + grants, max(most, bound)
+            before = starve.get(tp) if tp in self._waiting else None
+            if before is None or before[2] != part.generation:
+                before = (-grants, bound, part.generation)
+            n, most = before[0] + grants, max(before[1], bound)
             starve[tp] = (n, most, part.generation)
             self.peak_starve = max(self.peak_starve, n)
             if n > most:

@@ -3,11 +3,16 @@ answer OffsetFetch with a request-level error, the way a coordinator that has
 just moved or restarted does.
 
 Clients reach the broker only through the proxy: the broker advertises the
-proxy's port on a listener of its own (`listener_properties`), so the
+proxy's port on a listener of its own
+(`LocalKafka(extra_listeners={"PROXIED": (inner_port, proxy.port)})`), so the
 coordinator connection librdkafka opens after FindCoordinator goes through it
-too (`LocalKafka(extra_listeners={"PROXIED": (inner_port, proxy.port)})`). Everything is forwarded byte for byte, except the answers to the
+too. Everything is forwarded byte for byte, except the answers to the
 OffsetFetch requests `fail_offset_fetches` arms: those are replaced by an
 answer with the error at the request (group) level and no partitions.
+
+Only OffsetFetch v8 and later (a list of groups) are understood: what
+librdkafka 2.16 sends to Kafka 4 is v9. An older version goes through
+unchanged, and `failed` stays 0 for it.
 """
 
 from __future__ import annotations
@@ -18,13 +23,11 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 
-from gr_devtools.kafka_local import free_port
-
 OFFSET_FETCH = 9
 COORDINATOR_LOAD_IN_PROGRESS = 14
 COORDINATOR_NOT_AVAILABLE = 15
 NOT_COORDINATOR = 16
-_FLEXIBLE_FROM = 6  # OffsetFetch's first flexible version (compact fields, tagged fields)
+_GROUPS_FROM = 8  # OffsetFetch's first version with a list of groups (flexible, too)
 
 
 def _uvarint(data: bytes, at: int) -> tuple[int, int]:
@@ -50,40 +53,27 @@ def _put_uvarint(value: int) -> bytes:
             return bytes(out)
 
 
-def _first_group(body: bytes, version: int) -> bytes:
-    """The group id an OffsetFetch request body asks about."""
-    if version >= 8:  # groups: compact array of (compact string group_id, ...)
-        _count, at = _uvarint(body, 0)
-        length, at = _uvarint(body, at)
-        return body[at : at + length - 1]
-    if version >= _FLEXIBLE_FROM:
-        length, at = _uvarint(body, 0)
-        return body[at : at + length - 1]
-    (length,) = struct.unpack_from(">h", body, 0)
-    return body[2 : 2 + length]
+def _first_group(body: bytes) -> bytes:
+    """The group id an OffsetFetch (v8+) request body asks about: the first of a compact
+    array of groups, each led by its compact-string id."""
+    _count, at = _uvarint(body, 0)
+    length, at = _uvarint(body, at)
+    return body[at : at + length - 1]
 
 
-def _error_answer(correlation_id: int, version: int, group: bytes, error: int) -> bytes:
-    """An OffsetFetch response of `version` with `error` for the whole request, no partitions."""
-    if version >= 8:
-        body = (
-            struct.pack(">i", 0)  # throttle_time_ms
-            + _put_uvarint(2)  # one group
-            + _put_uvarint(len(group) + 1)
-            + group
-            + _put_uvarint(1)  # no topics
-            + struct.pack(">h", error)
-            + b"\x00"  # the group's tagged fields
-            + b"\x00"  # the response's tagged fields
-        )
-    elif version >= _FLEXIBLE_FROM:
-        body = struct.pack(">i", 0) + _put_uvarint(1) + struct.pack(">h", error) + b"\x00"
-    elif version >= 3:
-        body = struct.pack(">iih", 0, 0, error)
-    else:
-        body = struct.pack(">ih", 0, error)
-    header = struct.pack(">i", correlation_id) + (b"\x00" if version >= _FLEXIBLE_FROM else b"")
-    payload = header + body
+def _error_answer(correlation_id: int, group: bytes, error: int) -> bytes:
+    """An OffsetFetch (v8+) response with `error` for the whole request, no partitions."""
+    body = (
+        struct.pack(">i", 0)  # throttle_time_ms
+        + _put_uvarint(2)  # one group
+        + _put_uvarint(len(group) + 1)
+        + group
+        + _put_uvarint(1)  # no topics
+        + struct.pack(">h", error)
+        + b"\x00"  # the group's tagged fields
+        + b"\x00"  # the response's tagged fields
+    )
+    payload = struct.pack(">i", correlation_id) + b"\x00" + body  # header v1: tagged fields
     return struct.pack(">i", len(payload)) + payload
 
 
@@ -92,12 +82,13 @@ class KafkaProxy:
 
     def __init__(self, inner_port: int, port: int | None = None) -> None:
         self.inner_port = inner_port
-        self.port = port or free_port()
         self._armed = 0
         self._error = NOT_COORDINATOR
         self.failed = 0  # OffsetFetch answers replaced so far
         self._lock = threading.Lock()
-        self._server = socket.create_server(("127.0.0.1", self.port))
+        # port 0: the system picks a free one, with no window for another to take it
+        self._server = socket.create_server(("127.0.0.1", port or 0))
+        self.port: int = self._server.getsockname()[1]
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -137,18 +128,18 @@ class KafkaProxy:
                 client.close()
                 continue
             self._sockets += [client, broker]
-            pending: dict[int, tuple[int, int, bytes]] = {}  # correlation id -> request
-            lock = threading.Lock()
+            # correlation id -> the group an OffsetFetch asks about, on this connection
+            pending: dict[int, bytes] = {}
             threading.Thread(
-                target=self._requests, args=(client, broker, pending, lock), daemon=True
+                target=self._pump, args=(client, broker, self._noter(pending)), daemon=True
             ).start()
             threading.Thread(
-                target=self._responses, args=(broker, client, pending, lock), daemon=True
+                target=self._pump, args=(broker, client, self._replacer(pending)), daemon=True
             ).start()
 
     @staticmethod
     def _frames(sock: socket.socket) -> Iterator[bytes]:
-        buf = b""
+        buf = bytearray()
         while True:
             try:
                 chunk = sock.recv(65536)
@@ -161,8 +152,8 @@ class KafkaProxy:
                 (size,) = struct.unpack_from(">i", buf, 0)
                 if len(buf) < 4 + size:
                     break
-                yield buf[: 4 + size]
-                buf = buf[4 + size :]
+                yield bytes(buf[: 4 + size])
+                del buf[: 4 + size]
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket, rewrite: Callable[[bytes], bytes]) -> None:
@@ -174,46 +165,35 @@ class KafkaProxy:
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
 
-    def _requests(
-        self,
-        src: socket.socket,
-        dst: socket.socket,
-        pending: dict[int, tuple[int, int, bytes]],
-        lock: threading.Lock,
-    ) -> None:
+    @staticmethod
+    def _noter(pending: dict[int, bytes]) -> Callable[[bytes], bytes]:
+        """Requests go through unchanged; an OffsetFetch's group is noted."""
+
         def note(frame: bytes) -> bytes:
             api_key, version, correlation_id = struct.unpack_from(">hhi", frame, 4)
-            if api_key == OFFSET_FETCH:
+            if api_key == OFFSET_FETCH and version >= _GROUPS_FROM:
                 (client_len,) = struct.unpack_from(">h", frame, 12)
                 at = 14 + max(client_len, 0)
-                if version >= _FLEXIBLE_FROM:
-                    tags, at = _uvarint(frame, at)
-                    for _ in range(tags):
-                        _tag, at = _uvarint(frame, at)
-                        size, at = _uvarint(frame, at)
-                        at += size
-                with lock:
-                    pending[correlation_id] = (api_key, version, _first_group(frame[at:], version))
+                tags, at = _uvarint(frame, at)  # the request header's tagged fields
+                for _ in range(tags):
+                    _tag, at = _uvarint(frame, at)
+                    size, at = _uvarint(frame, at)
+                    at += size
+                pending[correlation_id] = _first_group(frame[at:])
             return frame
 
-        self._pump(src, dst, note)
+        return note
 
-    def _responses(
-        self,
-        src: socket.socket,
-        dst: socket.socket,
-        pending: dict[int, tuple[int, int, bytes]],
-        lock: threading.Lock,
-    ) -> None:
+    def _replacer(self, pending: dict[int, bytes]) -> Callable[[bytes], bytes]:
+        """Answers go through unchanged, but an armed OffsetFetch's, replaced."""
+
         def replace(frame: bytes) -> bytes:
             (correlation_id,) = struct.unpack_from(">i", frame, 4)
-            with lock:
-                request = pending.pop(correlation_id, None)
-            if request is not None:
+            group = pending.pop(correlation_id, None)
+            if group is not None:
                 error = self._take()
                 if error is not None:
-                    _api, version, group = request
-                    return _error_answer(correlation_id, version, group, error)
+                    return _error_answer(correlation_id, group, error)
             return frame
 
-        self._pump(src, dst, replace)
+        return replace
