@@ -129,6 +129,23 @@ class PartitionBatcher(Generic[Ref]):
         return len(self._items)
 
     @property
+    def requests_needed(self) -> int:
+        """About how many requests carry what waits here: the fewest for its batch events
+        (by count or bytes) and one per session event, and in partition order each
+        session event may cut a batch short too."""
+        return self._batch_requests() + 2 * self._sessions
+
+    def _batch_requests(self) -> int:
+        n = len(self._items) - self._sessions
+        if n <= 0:
+            return 0
+        # by bytes: as many events of the mean size as fit a body (sessions count in the
+        # mean too: near enough)
+        mean = self._bytes / len(self._items) + 1  # an event and its comma
+        per_request = min(self._max_events, max(1, int((self._max_bytes - WRAPPER_BYTES) / mean)))
+        return -(-n // per_request)
+
+    @property
     def head_offset(self) -> int | None:
         """The offset of the oldest event waiting, None when none is."""
         return self._items[0].offset if self._items else None

@@ -110,6 +110,13 @@ class Dispatcher:
         paced = sum(1 for run in self._running.values() if run.state == _PACED)
         return slots - paced, wake_in
 
+    def set_demand(self, waiting: int | None) -> None:
+        """Tell the pacer what is left to send when that is all there is (`Ledger.demand`:
+        what waits to be cut); the requests cut and not on the wire yet count too."""
+        if waiting is not None:
+            waiting += sum(1 for run in self._running.values() if run.state != _WIRE)
+        self._pacer.set_demand(waiting)
+
     def send(self, jobs: list[DeliveryJob[Any]]) -> None:
         """Start delivering these jobs."""
         for job in jobs:

@@ -1,5 +1,6 @@
 """A fetch from Kafka as the ledger takes it: runs of one partition, each with every offset
-read, its valid events as batch items, and its poison in read order.
+read, its valid events as batch items, and its poison in read order; and where a
+partition was read to its end (librdkafka's end-of-partition event).
 
 Pure: messages in (confluent-kafka `Message`s, or anything with their methods),
 runs out; no consumer, no ledger. librdkafka hands out records in runs of one
@@ -31,6 +32,7 @@ _M_OFFSET: Callable[[Message], int] = cast(Any, Message.offset)
 _M_KEY: Callable[[Message], bytes | None] = cast(Any, Message.key)
 _ROUTE = attrgetter("route")
 _new_tuple = tuple.__new__
+_EOF = KafkaError._PARTITION_EOF
 
 Decode = Callable[[bytes | None], Valid | Poison]
 
@@ -48,35 +50,91 @@ class Run:
     poison: list[tuple[int, Message, Poison]] = field(default_factory=list)  # with offsets
 
 
+@dataclass(slots=True)
+class Fetched:
+    """What one fetch held."""
+
+    runs: list[Run] = field(default_factory=list)
+    errors: list[KafkaError] = field(default_factory=list)
+    # (topic, partition, offset): an owned partition read to its end, the offset its next
+    # record will have
+    ends: list[tuple[str, int, int]] = field(default_factory=list)
+
+
 def split(
     messages: list[Message], decode: Decode, now: float, owned: Callable[[str, int], bool]
-) -> tuple[list[Run], list[KafkaError]]:
-    """The fetch as runs of the partitions `owned` says are ours, and the errors it held."""
-    runs: list[Run] = []
-    errors: list[KafkaError] = []
+) -> Fetched:
+    """The fetch as runs of the partitions `owned` says are ours, the errors it held and
+    the ends it reached."""
+    out = Fetched()
     for partition, group in groupby(messages, _M_PARTITION):
         batch = list(group)
-        topics = set(map(_M_TOPIC, batch))
-        if len(topics) != 1 or any(map(_M_ERROR, batch)):
-            _by_record(batch, None, decode, now, owned, runs, errors)
-            continue
-        (topic,) = topics
-        if not owned(topic, partition):
-            continue  # stragglers from a partition no longer ours
-        values = list(map(_M_VALUE, batch))
-        decoded = list(map(decode, values))
-        if any(map(isinstance, decoded, repeat(Poison))):
-            _by_record(batch, decoded, decode, now, owned, runs, errors)
-            continue
-        offsets = list(map(_M_OFFSET, batch))
-        routes = list(map(_ROUTE, decoded))
-        keys = map(_M_KEY, batch)
-        items = list(
-            map(_new_tuple, repeat(Item), zip(offsets, values, routes, batch, repeat(now), keys))
-        )
-        sessions = len(routes) - routes.count(Route.BATCH)
-        runs.append(Run(topic, partition, offsets, items, sum(map(len, values)), sessions))
-    return runs, errors
+        if any(map(_M_ERROR, batch)):
+            # a partition's end comes after its records: they stay a clean run
+            cut = len(batch)
+            while cut and _is_end(batch[cut - 1]):
+                cut -= 1
+            ends = batch[cut:]
+            del batch[cut:]
+            if batch:
+                _partition(partition, batch, decode, now, owned, out)
+            for end in ends:
+                _end(end, owned, out)
+        else:
+            _partition(partition, batch, decode, now, owned, out)
+    return out
+
+
+def _partition(
+    partition: int,
+    batch: list[Message],
+    decode: Decode,
+    now: float,
+    owned: Callable[[str, int], bool],
+    out: Fetched,
+) -> None:
+    """Consecutive records of one partition: one run, column-wise when it is clean."""
+    topics = set(map(_M_TOPIC, batch))
+    if len(topics) != 1 or any(map(_M_ERROR, batch)):
+        _by_record(batch, None, decode, now, owned, out)
+        return
+    (topic,) = topics
+    if not owned(topic, partition):
+        return  # stragglers from a partition no longer ours
+    values = list(map(_M_VALUE, batch))
+    decoded = list(map(decode, values))
+    if any(map(isinstance, decoded, repeat(Poison))):
+        _by_record(batch, decoded, decode, now, owned, out)
+        return
+    offsets = list(map(_M_OFFSET, batch))
+    routes = list(map(_ROUTE, decoded))
+    keys = map(_M_KEY, batch)
+    items = list(
+        map(_new_tuple, repeat(Item), zip(offsets, values, routes, batch, repeat(now), keys))
+    )
+    sessions = len(routes) - routes.count(Route.BATCH)
+    out.runs.append(Run(topic, partition, offsets, items, sum(map(len, values)), sessions))
+
+
+def _is_end(msg: Message) -> bool:
+    err = msg.error()
+    return err is not None and err.code() == _EOF
+
+
+def _end(msg: Message, owned: Callable[[str, int], bool], out: Fetched) -> bool:
+    """Take an end-of-partition event into `out.ends`; False for anything else."""
+    err = msg.error()
+    if err is None or err.code() != _EOF:
+        return False
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if (
+        topic is not None
+        and partition is not None
+        and offset is not None
+        and owned(topic, partition)
+    ):
+        out.ends.append((topic, partition, offset))
+    return True
 
 
 def _by_record(
@@ -85,17 +143,18 @@ def _by_record(
     decode: Decode,
     now: float,
     owned: Callable[[str, int], bool],
-    runs: list[Run],
-    errors: list[KafkaError],
+    out: Fetched,
 ) -> None:
     """Record by record: Kafka errors, poison, records of several topics, stragglers."""
+    runs, errors = out.runs, out.errors
     batch_route = Route.BATCH
     run: Run | None = None
     mine = False
     for index, msg in enumerate(messages):
         err = msg.error()
         if err is not None:
-            errors.append(err)
+            if not _end(msg, owned, out):
+                errors.append(err)
             continue
         topic, partition = msg.topic(), msg.partition()
         if run is None or partition != run.partition or topic != run.topic:

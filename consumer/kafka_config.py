@@ -48,7 +48,9 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
             "group.id": settings.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "enable.partition.eof": False,
+            # where a partition ends tells the worker when what it holds is all there is
+            # to send (the pacer sends that at once instead of spreading it)
+            "enable.partition.eof": True,
         }
     )
     conf.update(overrides)

@@ -56,6 +56,12 @@ class KeyOrderBatcher(PartitionBatcher[Ref]):
         super().push_front(items)
         self._look = True
 
+    @property
+    def requests_needed(self) -> int:
+        """About how many requests carry what waits here: one per session event, the
+        fewest for the rest (a key waiting for its session event may need one more)."""
+        return self._batch_requests() + self._sessions
+
     def due_in(self, now: float) -> float | None:
         """Seconds until a batch is due (0: now); None when nothing waits. Full by count or
         bytes, or its oldest event's linger is over. (Session events are looked at on every

@@ -111,6 +111,9 @@ class Part:
     # why fetching is paused; `fetch_paused` is what librdkafka was told
     reasons: set[str] = field(default_factory=set)
     fetch_paused: bool = False
+    # the offset librdkafka last said the partition ends at (its end-of-partition event):
+    # read to its end while nothing above it was read since
+    end_at: int = -1
     # records below it were delivered by this worker before it lost the partition
     floor: int = -1
     commit_sent: int = -1
@@ -356,6 +359,26 @@ class Ledger:
         sessions = sum(1 for i in items if i.route is not Route.BATCH)
         return offsets, items, nbytes, sessions
 
+    def reached_end(self, tp: TP, offset: int) -> None:
+        """librdkafka read the partition to its end: its next record will be at `offset`."""
+        part = self.parts.get(tp)
+        if part is not None:
+            part.end_at = offset
+
+    def demand(self) -> int | None:
+        """About how many requests deliver everything there is to read, when this worker
+        knows: every partition it owns read to its end, none paused. None otherwise (a
+        backlog not read yet, or no partitions)."""
+        if not self.parts:
+            return None
+        total = 0
+        for part in self.parts.values():
+            last = part.offsets.last_read
+            if part.fetch_paused or part.end_at < 0 or (last is not None and last >= part.end_at):
+                return None
+            total += part.batcher.requests_needed + (part.retry_batch is not None)
+        return total
+
     def held_already(self, part: Part, offset: int) -> bool:
         """A record this worker delivered before a loss, or has read already."""
         last = part.offsets.last_read
@@ -400,8 +423,10 @@ class Ledger:
     def next_jobs(
         self, now: float, flush: bool, limit: int, *, halted: bool = False
     ) -> list[DeliveryJob[Any]]:
-        """Batches to send now: one in flight per partition, `limit` in all, the partitions
-        taken in turn (`scheduler`), so none starves when slots are fewer than partitions.
+        """Requests to send now: one batch in flight per partition, `limit` in all, each
+        slot to the next partition in turn (`scheduler`), so none starves when slots are
+        fewer than partitions. A turn is one request: in key order a partition with
+        several session events free takes one per round, the others in between.
 
         While the key is refused (`halted`: readiness holds that, `observe.Health`)
         only one job goes out, to probe it: the halt lifts when a probe succeeds,
@@ -413,75 +438,20 @@ class Ledger:
         if room <= 0:
             return []
         jobs: list[DeliveryJob[Any]] = []
-        ahead_cap = self.max_uncommitted
-        draining = self.draining
-        parts = self.parts
         turns = self._turns
-        key_order = self._key_order
-        for tp in turns:
-            part = parts[tp]
-            if part.in_flight is not None and not (key_order and part.batcher.pending_events):
-                continue
-            batch = part.retry_batch
-            if batch is None and not part.batcher.pending_events:
-                continue  # nothing to send: not worth a look at its commits
-            if (
-                self._commits_stuck(part, now)  # the drain too: delivering more is waste
-                if draining
-                else UNCOMMITTED in part.reasons or self._too_far_ahead(part, ahead_cap, now)
-            ) and not self._unblocks(part, batch):
-                self._hold(part, now)  # a commit's answer or the sweep lifts it
-                if key_order:
-                    head = self._commit_head(part)
-                    if head is not None:
-                        jobs.append(head)
-                        room -= 1
-                        turns.served(tp)
-                        if room <= 0:
-                            break
-                continue
+        while room > 0:
             served = False
-            if key_order and batch is None:  # (a batch to retry goes first: its keys wait)
-                # session events free to go first: each is a request whatever is done, and
-                # its answer frees its key's later events to join the batch. With few
-                # slots (the key's budget spent as fast as it comes) a part-full batch
-                # cut ahead of them would leave those events for another request.
-                for item in part.batcher.take_sessions(part.busy_keys, room):
-                    alone: DeliveryJob[Any] = DeliveryJob(
-                        part.tp, Batch(item.route, [item], len(item.raw)), part.generation
-                    )
-                    part.sessions.append(alone)
-                    part.session_keys[item.key] += 1
-                    jobs.append(alone)
-                    room -= 1
-                    served = True
-            if part.in_flight is None and room > 0:
-                if batch is not None:
-                    if now >= part.retry_at:
-                        part.retry_batch = None
-                    else:
-                        batch = None
-                else:
-                    batch = part.batcher.take(now, flush, part.busy_keys)
-                if batch is not None:
-                    job: DeliveryJob[Any] = DeliveryJob(part.tp, batch, part.generation)
-                    part.in_flight = job
-                    if key_order:
-                        part.batch_keys = frozenset(map(_KEY, batch.items))
-                    jobs.append(job)
-                    room -= 1
-                    served = True
-            if key_order:
-                # a batch due with every event's key in flight: nothing goes before an
-                # answer comes back, so the loop need not wake for it until then
-                part.blocked = (
-                    not served
-                    and part.in_flight is None
-                    and (flush or part.batcher.due_in(now) == 0)
-                )
-            if served:
+            for tp in turns:
+                job = self._turn(self.parts[tp], now, flush)
+                if job is None:
+                    continue
+                jobs.append(job)
                 turns.served(tp)
-            if room <= 0:
+                served = True
+                room -= 1
+                if room <= 0:
+                    break
+            if not served:
                 break
         if jobs:
             self.in_flight += len(jobs)
@@ -489,6 +459,56 @@ class Ledger:
             self.granted_at = now
             self._flow_stale = True
         return jobs
+
+    def _turn(self, part: Part, now: float, flush: bool) -> DeliveryJob[Any] | None:
+        """A partition's turn at a request slot: its next request, or None (nothing due)."""
+        key_order = self._key_order
+        if part.in_flight is not None and not (key_order and part.batcher.pending_events):
+            return None
+        batch = part.retry_batch
+        if batch is None and not part.batcher.pending_events:
+            return None  # nothing to send: not worth a look at its commits
+        if (
+            self._commits_stuck(part, now)  # the drain too: delivering more is waste
+            if self.draining
+            else UNCOMMITTED in part.reasons or self._too_far_ahead(part, self.max_uncommitted, now)
+        ) and not self._unblocks(part, batch):
+            self._hold(part, now)  # a commit's answer or the sweep lifts it
+            return self._commit_head(part) if key_order else None
+        if key_order and batch is None:  # (a batch to retry goes first: its keys wait)
+            # session events free to go first: each is a request whatever is done, and
+            # its answer frees its key's later events to join the batch. With few
+            # slots (the key's budget spent as fast as it comes) a part-full batch
+            # cut ahead of them would leave those events for another request.
+            for item in part.batcher.take_sessions(part.busy_keys, 1):
+                alone: DeliveryJob[Any] = DeliveryJob(
+                    part.tp, Batch(item.route, [item], len(item.raw)), part.generation
+                )
+                part.sessions.append(alone)
+                part.session_keys[item.key] += 1
+                part.blocked = False
+                return alone
+        job: DeliveryJob[Any] | None = None
+        if part.in_flight is None:
+            if batch is not None:
+                if now >= part.retry_at:
+                    part.retry_batch = None
+                else:
+                    batch = None
+            else:
+                batch = part.batcher.take(now, flush, part.busy_keys)
+            if batch is not None:
+                job = DeliveryJob(part.tp, batch, part.generation)
+                part.in_flight = job
+                if key_order:
+                    part.batch_keys = frozenset(map(_KEY, batch.items))
+        if key_order:
+            # a batch due with every event's key in flight: nothing goes before an
+            # answer comes back, so the loop need not wake for it until then
+            part.blocked = (
+                job is None and part.in_flight is None and (flush or part.batcher.due_in(now) == 0)
+            )
+        return job
 
     @staticmethod
     def _release(part: Part, job: DeliveryJob[Any]) -> bool:

@@ -96,6 +96,7 @@ class Pacer:
         # This worker's share of the key's use, learnt from how fast
         # `remaining` falls against its own answered requests.
         self._share = 1.0
+        self._share_known = False  # measured or guessed from the key's use, not assumed
         self._windows_measured = 0  # whole windows whose share was measured at their end
         self._window_lower = 0.0
         self._window_upper = default_window_s
@@ -103,6 +104,9 @@ class Pacer:
         self._own_in_window = 0
         # (own, used) at each of this window's answers: the others' recent use
         self._marks: deque[tuple[int, int]] = deque(maxlen=_IDLE_MAX + 8)
+        # the requests this worker still has to send for everything there is to read, when
+        # it knows (`set_demand`); None: more may come than it holds
+        self._demand: int | None = None
 
     @property
     def remaining(self) -> int | None:
@@ -116,6 +120,17 @@ class Pacer:
     @property
     def share(self) -> float:
         return self._share
+
+    def set_demand(self, requests: int | None) -> None:
+        """What this worker has left to send when that is all there is (its partitions read
+        to their end), or None while more may come.
+
+        Spreading what is left over the rest of the window is for a demand not known:
+        events read later fill the requests that wait. A known demand that fits in this
+        worker's part of what is left goes at once: spread, the tail of a drain took the
+        window's pace (31 requests, 5 s) with the key's budget idle behind it."""
+        with self._lock:
+            self._demand = None if requests is None else max(0, requests)
 
     def reserve(self) -> float:
         """Claim the next slot; returns how long the caller must wait before sending."""
@@ -172,7 +187,11 @@ class Pacer:
         if self._limit is None:
             return start, interval
         per_window = self._window_s / (self._limit * self._share)
+        # a share only assumed (nothing heard of the others yet) is no ground to hurry
+        demand = self._demand if self._share_known else None
         if start >= self._reset_mono:
+            if demand and demand + self._in_flight <= self._limit * self._share * self._margin():
+                return start, interval  # a new window: all of this worker's part is left
             return start, max(interval, per_window)
         # The key's requests not yet in the `remaining` we last heard: ours in
         # flight stand for in_flight / share of the key's, and since that answer
@@ -182,10 +201,13 @@ class Pacer:
         left = self._remaining - (self._in_flight + 1) / self._share + 1
         if self._share < 1.0:
             # Shared key: the share is an estimate, so keep a little back.
-            left = (left - 1) * (1.0 - self._SHARED_MARGIN)
+            left = (left - 1) * self._margin()
         if left <= 0:
             # Budget spent: the first slot is the new window.
             return max(start, self._reset_mono), max(interval, per_window)
+        if demand and demand <= left * self._share:
+            # All this worker has to send fits in its part of what is left: no reason to wait.
+            return start, interval
         # Spread what is left from this slot, not from now: when slots are
         # already handed out ahead of now (threads waiting for theirs), a
         # spacing worked out over reset - now but counted from the later slot
@@ -198,9 +220,15 @@ class Pacer:
         spread = (self._reset_mono - start) / (left * self._share)
         return start, max(interval, min(spread, self._reset_mono - start + 2 * per_window))
 
+    def _margin(self) -> float:
+        """What is taken of what is left: all of it alone, a little less when shared."""
+        return 1.0 if self._share >= 1.0 else 1.0 - self._SHARED_MARGIN
+
     def _claim(self, slot: float, interval: float) -> None:
         self._next_slot = slot + interval
         self._in_flight += 1
+        if self._demand:
+            self._demand -= 1  # one of them is on its way (the worker says it again soon)
 
     def unanswered(self) -> None:
         """A reserved request that got no rate-limit headers (or was never sent)."""
@@ -223,6 +251,7 @@ class Pacer:
                     # 1/64 of a key it had to itself).
                     share = self._own_in_window / used
                     self._share = min(1.0, max(self._floor(rl.limit), share))
+                    self._share_known = True
                     if used >= self._SHARE_SAMPLE:
                         self._windows_measured += 1
                 if self._reset_unix is not None:
@@ -250,6 +279,7 @@ class Pacer:
                     and used >= self._SHARE_SAMPLE
                 ):
                     self._share = min(1.0, max(self._floor(rl.limit), own / used))
+                    self._share_known = True
                 self._others_gone(own, used)
             else:
                 return  # an answer from a window already gone

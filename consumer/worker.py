@@ -236,6 +236,7 @@ class Worker:
         if messages:
             self._ingest(messages, now)
         self._collect(now)
+        self._dispatch.set_demand(led.demand())
         jobs = led.next_jobs(now, flush, self._request_limit(now), halted=self.health.halted)
         if jobs:
             self._dispatch.send(jobs)
@@ -276,13 +277,11 @@ class Worker:
         """
         led = self._ledger
         parts = led.parts
-        runs, errors = intake.split(
-            messages, self._decoder.decode, now, lambda t, p: (t, p) in parts
-        )
-        for err in errors:
+        fetched = intake.split(messages, self._decoder.decode, now, lambda t, p: (t, p) in parts)
+        for err in fetched.errors:
             self._kafka_error(err)
         counts: dict[str, int] = {}
-        for run in runs:
+        for run in fetched.runs:
             part = parts[(run.topic, run.partition)]
             fresh = [(m, p) for o, m, p in run.poison if not led.held_already(part, o)]
             if run.offsets:
@@ -290,6 +289,8 @@ class Worker:
             for msg, poison in fresh:
                 self._dead_letter(part.tp, part.generation, msg, poison.reason, poison.detail)
             counts[run.topic] = counts.get(run.topic, 0) + len(run.offsets)
+        for topic, partition, offset in fetched.ends:
+            led.reached_end((topic, partition), offset)
         for topic, n in counts.items():
             self.metrics.events_consumed.labels(topic).inc(n)
             self.stats["consumed"] += n

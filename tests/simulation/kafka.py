@@ -129,6 +129,9 @@ class SimConsumer:
         self.unstarted: set[int] = set()
         self.behind: set[int] = set()
         self.unassigned: set[int] = set()
+        # librdkafka's end-of-partition events: each partition's end offset last told
+        self._eof = bool(conf.get("enable.partition.eof"))
+        self._eof_told: dict[int, int] = {}
         self._stats_cb: Callable[[bytes], None] | None = conf.get("stats_cb")
         self._stats_every = float(conf.get("statistics.interval.ms", 0)) / 1000.0
         self._next_stats = self.world.now + self._stats_every
@@ -190,6 +193,7 @@ class SimConsumer:
     def _look_up(self, p: int) -> None:
         """librdkafka asks for the committed offset of a partition it was given."""
         self.assigned[p] = max(0, self.cluster.committed.get(p, 0))
+        self._eof_told.pop(p, None)  # a fetch started afresh tells its end again
         if self.cluster.lookup_lost:
             self.unstarted.add(p)  # never asked again
         elif self.unstarted:
@@ -203,6 +207,7 @@ class SimConsumer:
 
     def _drop(self, p: int) -> None:
         self.assigned.pop(p, None)
+        self._eof_told.pop(p, None)
         self.paused.discard(p)  # librdkafka forgets the pause with the partition
         self.unstarted.discard(p)
         self.behind.discard(p)
@@ -250,21 +255,23 @@ class SimConsumer:
         logs = self.cluster.logs
         now = self.world.now
         assigned = self.assigned
-        # what has a record to give, in a rotating order
-        parts = [
+        fetching = [
             p
             for p in sorted(assigned)
             if p not in self.paused
             and p not in self.unstarted
             and p not in self.behind
             and p not in self.unassigned
-            and assigned[p] < len(logs[p])
-            and logs[p][assigned[p]][0] <= now
         ]
-        if not parts:
-            return []
-        rand = self.world.rng.random
+        # what has a record to give, in a rotating order
+        parts = [
+            p for p in fetching if assigned[p] < len(logs[p]) and logs[p][assigned[p]][0] <= now
+        ]
         out: list[Message] = []
+        if not parts:
+            self._ends(fetching, out)
+            return out
+        rand = self.world.rng.random
         recs: list[Rec] = []
         n = len(parts)
         for i in range(n):
@@ -285,7 +292,28 @@ class SimConsumer:
         self._rr += 1
         if recs:
             self.cluster.observer.records_returned(recs)
+        self._ends(fetching, out)
         return out
+
+    def _ends(self, fetching: list[int], out: list[Message]) -> None:
+        """librdkafka's end-of-partition event: once for each end offset a partition's
+        fetch reaches (read again from an earlier position to the same end: not again)."""
+        if not self._eof:
+            return
+        logs, now = self.cluster.logs, self.world.now
+        for p in fetching:
+            pos = self.assigned[p]
+            log = logs[p]
+            if (pos >= len(log) or log[pos][0] > now) and self._eof_told.get(p) != pos:
+                self._eof_told[p] = pos
+                out.append(
+                    Message(
+                        topic=TOPIC,
+                        partition=p,
+                        offset=pos,
+                        error=KafkaError(KafkaError._PARTITION_EOF),
+                    )
+                )
 
     def pause(self, tps: list[TopicPartition]) -> None:
         for tp in tps:

@@ -19,7 +19,7 @@ BASE = {"KAFKA_BOOTSTRAP_SERVERS": "localhost:1", "GR_API_KEY": "gr-live-Zq8xK3v
 OWNED = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
-    "enable.partition.eof": False,
+    "enable.partition.eof": True,
 }
 CLASSIC_ONLY = (
     "partition.assignment.strategy",
@@ -57,7 +57,7 @@ def test_consumer_defaults() -> None:
         "group.id": "gr-s2s-consumer",
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
-        "enable.partition.eof": False,
+        "enable.partition.eof": True,
         "partition.assignment.strategy": "cooperative-sticky",
         "auto.offset.reset": "earliest",
         "queued.max.messages.kbytes": 16384,
@@ -103,7 +103,7 @@ def test_auto_commit_is_off_and_cannot_be_overridden() -> None:
         {
             "enable.auto.commit": "true",
             "enable.auto.offset.store": "true",
-            "enable.partition.eof": "true",
+            "enable.partition.eof": "false",
             "group.id": "someone-else",
             "bootstrap.servers": "elsewhere:9092",
         }

@@ -120,6 +120,36 @@ def test_with_one_slot_a_free_session_event_goes_before_a_part_full_batch() -> N
     assert batch.batch.offsets == [1, 2, 3]  # a's event joined the one batch
 
 
+def test_a_partition_with_many_free_session_events_takes_one_slot_per_round() -> None:
+    """Each free session event is a request: taken all in one partition's turn, they went
+    ahead of every other partition's due batch (7 slots in a row to one partition while
+    another of 7 owned waited: a fairness invariant of the simulation, seed 1591)."""
+    led = ledger(ordering="key", batch_max_events=10)
+    led.assigned([("t", 0), ("t", 1), ("t", 2)], 0.0)
+    sessions = [item(o, b"p%d" % o, True) for o in range(6)]
+    led.records_read(led.parts[("t", 0)], list(range(6)), sessions, len(RAW) * 6, 6)
+    for p in (1, 2):
+        events = [item(o, b"q%d" % o) for o in range(3)]
+        led.records_read(led.parts[("t", p)], [0, 1, 2], events, len(RAW) * 3, 0)
+    jobs = led.next_jobs(1.0, True, 5)
+    assert [j.key[1] for j in jobs] == [0, 1, 2, 0, 0]
+    assert [j.batch.route is Route.BATCH for j in jobs] == [False, True, True, False, False]
+
+
+def test_what_waits_tells_the_requests_it_needs_in_each_order() -> None:
+    events = [item(o, b"k%d" % (o % 7), session=o % 10 == 3) for o in range(250)]
+    by_key = batcher(*events, max_events=100)
+    assert by_key.requests_needed == 25 + 3  # 25 session events alone, 225 others in 3
+    from consumer.batching import PartitionBatcher
+
+    by_partition: PartitionBatcher[None] = PartitionBatcher(100, 1_000_000, 0.0)
+    by_partition.add_many(events, len(RAW) * 250, 25)
+    assert by_partition.requests_needed == 3 + 2 * 25  # each session may cut a batch too
+    small = batcher(*events[:20], max_events=100)  # bytes, not the count, cut these
+    small._max_bytes = 3 * len(RAW) + 40
+    assert small.requests_needed == 2 + 6  # 3 events a body, 18 of them
+
+
 _KEYS = st.one_of(st.none(), st.integers(0, 15).map(lambda k: b"k%d" % k))
 
 

@@ -502,6 +502,51 @@ def test_shared_key_waits_for_the_reset_when_in_flight_covers_what_is_left() -> 
     assert pacer.reserve() == pytest.approx(30.0)
 
 
+# ---- a demand the worker knows ----
+
+
+def test_a_known_demand_within_this_workers_part_of_what_is_left_goes_at_once() -> None:
+    """The tail of a drain: everything there is to send is 20 requests, and this worker's
+    half of the 88 left (3% kept back) is 42; spread over the window's last minute they
+    took a minute, with the budget idle behind them."""
+    clock = FakeClock()
+    pacer = _pacer_with_share(clock)
+    pacer.set_demand(20)
+    assert [pacer.reserve() for _ in range(20)] == [0.0] * 20
+    # past what it said it had (a retry): spread again, from the slot free now
+    assert pacer.reserve() == 0.0
+    assert pacer.reserve() > 1.0
+    pacer.set_demand(None)
+    assert pacer.reserve() > 2.0
+
+
+def test_a_demand_larger_than_this_workers_part_is_spread_as_before() -> None:
+    spread, told = _pacer_with_share(FakeClock()), _pacer_with_share(FakeClock())
+    told.set_demand(43)  # half of 88 * 0.97 is 42.7
+    assert [told.reserve() for _ in range(5)] == pytest.approx([spread.reserve() for _ in range(5)])
+
+
+def test_a_share_only_assumed_is_no_ground_to_hurry() -> None:
+    """Before anything tells the others' use, every worker takes the key for its own: a
+    known demand sent at once then would be every worker's, in the first window's
+    first second."""
+    clock = FakeClock()
+    pacer = _pacer(clock)
+    pacer.observe(_rl(60, 59, 10.0, clock))
+    pacer.set_demand(5)
+    assert [pacer.reserve() for _ in range(3)] == pytest.approx([0.0, 10 / 58, 2 * 10 / 58], 0.05)
+
+
+def test_in_a_window_not_heard_of_yet_a_known_demand_takes_this_workers_part_of_it() -> None:
+    clock = FakeClock()
+    pacer = _pacer_with_share(clock)  # half of 100 per 60 s
+    clock.advance(61.0)  # the window ended; no answer from the next one yet
+    pacer.set_demand(48)  # within 100 * 0.5 * 0.97
+    assert [pacer.reserve() for _ in range(48)] == [0.0] * 48
+    pacer.set_demand(1)  # 48 sent and not answered yet: 1 more is over its half
+    assert [pacer.reserve() for _ in range(2)] == pytest.approx([0.0, 1.2])
+
+
 # ---- Pacer.try_reserve ----
 
 
