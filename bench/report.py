@@ -221,15 +221,18 @@ def _drain(s: dict[str, Any]) -> list[str]:
         f"{s['sessions']} session events. Key: {s['limit']} requests per {s['window_s']:g} s. "
         f"Physical limit in key order (the default): {s['physical_requests']} requests (one "
         f"per session event, full batches of the rest, 7 failing per refused event), "
-        f"{s['physical_s']:.0f} s at the key's rate.",
+        f"{s['physical_s']:.0f} s at the key's rate. Window floor: the earliest those "
+        "requests can all be sent when the budget comes in whole windows from the run's start "
+        "(the last window's part at once).",
         "",
-        "| workers | drain time | vs physical limit | requests / allowed | 429 share | "
-        "answered 400 | requests per refused event | events per batch request |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| workers | drain time | vs physical limit | vs window floor | requests / allowed | "
+        "429 share | answered 400 | requests per refused event | events per batch request |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in s["runs"]:
         out.append(
             f"| {r['workers']} | {r['drain_s']:.1f} s | {r['vs_physical']:.2f}x | "
+            f"{_vs_floor(r)} | "
             f"{r['requests']} / {r['allowed']} | {r['share_429']:.2%} | {r['answered_400']} | "
             f"{r['requests_per_refused']:.1f} | {r['events_per_batch_request']:.1f} |"
         )
@@ -255,17 +258,24 @@ def _drain(s: dict[str, Any]) -> list[str]:
             "drain's physical limit, are the stream's own:",
             "",
             "| session events | order | workers | requests / fewest | drain time | vs physical "
-            "limit | 429 share | events per request | events per batch request |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "limit | vs window floor | 429 share | events per request | events per batch "
+            "request |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for r in runs:
             out.append(
                 f"| {r['stream']} | {r['ordering']} | {r['workers']} | {r['requests']} / "
                 f"{r['physical_requests']} | {r['drain_s']:.1f} s | {r['vs_physical']:.2f}x | "
+                f"{_vs_floor(r)} | "
                 f"{r['share_429']:.2%} | {r.get('events_per_request', 0):.1f} | "
                 f"{r['events_per_batch_request']:.1f} |"
             )
     return out
+
+
+def _vs_floor(r: dict[str, Any]) -> str:
+    floor = r.get("window_floor_s")
+    return f"{r['vs_window_floor']:.2f}x ({floor:.0f} s)" if floor else "-"
 
 
 def _latency(s: dict[str, Any]) -> list[str]:
