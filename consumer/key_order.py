@@ -41,11 +41,14 @@ class KeyOrderBatcher(PartitionBatcher[Ref]):
     The queue and its counts are PartitionBatcher's; what differs is when a batch is
     due and how it is cut."""
 
-    __slots__ = ("_look",)
+    __slots__ = ("_look", "_wait_until")
 
     def __init__(self, max_events: int, max_bytes: int, linger_s: float) -> None:
         super().__init__(max_events, max_bytes, linger_s)
         self._look = False  # a session event may be free to go: look for one
+        # a part-full batch waits until then for session requests in flight, whose
+        # answers free their keys' later events to join it (0: not waiting)
+        self._wait_until = 0.0
 
     def add_many(self, items: list[Item[Ref]], payload_bytes: int, sessions: int) -> None:
         super().add_many(items, payload_bytes, sessions)
@@ -73,7 +76,8 @@ class KeyOrderBatcher(PartitionBatcher[Ref]):
             or body_size(len(self._items), self._bytes) >= self._max_bytes
         ):
             return 0.0
-        return max(0.0, self._items[0].arrived + self._linger_s - now)
+        due = max(0.0, self._items[0].arrived + self._linger_s - now)
+        return max(due, self._wait_until - now)
 
     # ---- cutting requests in key order ----
 
@@ -90,8 +94,10 @@ class KeyOrderBatcher(PartitionBatcher[Ref]):
         return None
 
     def keys_freed(self) -> None:
-        """Something of this partition's came back: a session event may be free now."""
+        """Something of this partition's came back: a session event may be free now, and
+        a batch waiting for answers may take the events they freed."""
         self._look = True
+        self._wait_until = 0.0
 
     def take_sessions(self, busy: Container[bytes | None], limit: int) -> list[Item[Ref]]:
         """Session events free to go now, each as a request of its own: the first waiting
@@ -126,6 +132,16 @@ class KeyOrderBatcher(PartitionBatcher[Ref]):
             self._sessions -= len(free)
         return free
 
+    def _hold(self, now: float) -> bool:
+        """Whether a part-full batch waits for the answers in flight: for one linger at
+        most from when it first would have gone, again after each answer (a session
+        request's answer frees its key's later events to join it; cut at once, the
+        tail of a drain sent a partition's last events in three or four part-full
+        requests where one or two carried them)."""
+        if self._wait_until == 0.0:
+            self._wait_until = now + self._linger_s
+        return now < self._wait_until
+
     def take(
         self, now: float, flush: bool = False, busy: Container[bytes | None] = ()
     ) -> Batch[Ref] | None:
@@ -156,23 +172,31 @@ class KeyOrderBatcher(PartitionBatcher[Ref]):
         look = _LOOK_AHEAD * limit
         scanned = 0
         batch_route = Route.BATCH
+        full = False
+        in_flight_holds = False  # an event waits for a request in flight
         for item in items:
             if len(taken) >= limit or scanned >= look:
+                full = len(taken) >= limit
                 break
             key = item.key
             if item.route is not batch_route or key in blocked or key in busy:
+                in_flight_holds = in_flight_holds or key in busy
                 blocked.add(key)  # later events of its key wait for it
                 kept.append(item)
                 scanned += 1
                 continue
             grown = size + len(item.raw) + 1
             if grown > room:
+                full = True
                 break
             size = grown
             taken.append(item)
             scanned += 1
         if not taken:
             return None
+        if in_flight_holds and not full and not flush and self._hold(now):
+            return None
+        self._wait_until = 0.0
         for _ in range(scanned):
             items.popleft()
         items.extendleft(reversed(kept))

@@ -136,6 +136,35 @@ def test_a_partition_with_many_free_session_events_takes_one_slot_per_round() ->
     assert [j.batch.route is Route.BATCH for j in jobs] == [False, True, True, False, False]
 
 
+def test_a_part_full_batch_waits_a_linger_at_most_for_the_session_answers_in_flight() -> None:
+    """Cut at once, the batch leaves the events of the keys whose session requests are in
+    flight for another part-full request (the tail of a drain sent a partition's last
+    events in three or four where one or two carried them)."""
+    events = [item(0, b"a", True), item(1, b"a"), item(2, b"b"), item(3, b"c", True)]
+    b: KeyOrderBatcher[None] = KeyOrderBatcher(100, 1_000_000, 0.5)
+    b.add_many(events, len(RAW) * 4, 2)
+    assert offsets(b.take_sessions(set(), 8)) == [0, 3]
+    assert b.take(1.0, False, {b"a", b"c"}) is None  # a's event waits for a's answer
+    assert b.due_in(1.0) == 0.5
+    b.keys_freed()  # the answers came back
+    batch = b.take(1.1, False, set())
+    assert batch is not None
+    assert batch.offsets == [1, 2]  # one request where two went before
+    # with no answer, the batch goes once a linger has passed
+    b.add_many([item(4, b"d", True), item(5, b"d"), item(6, b"e")], len(RAW) * 3, 1)
+    assert offsets(b.take_sessions(set(), 8)) == [4]
+    assert b.take(2.0, False, {b"d"}) is None
+    late = b.take(2.5, False, {b"d"})
+    assert late is not None
+    assert late.offsets == [6]
+    # a flush (stop) never waits, nor does a full batch
+    b.add_many([item(7, b"f", True), item(8, b"f"), item(9, b"g")], len(RAW) * 3, 1)
+    assert offsets(b.take_sessions(set(), 8)) == [7]
+    flushed = b.take(3.0, True, {b"f"})
+    assert flushed is not None
+    assert flushed.offsets == [5, 9]  # d is free now; f's event waits for f's session
+
+
 def test_what_waits_tells_the_requests_it_needs_in_each_order() -> None:
     events = [item(o, b"k%d" % (o % 7), session=o % 10 == 3) for o in range(250)]
     by_key = batcher(*events, max_events=100)
