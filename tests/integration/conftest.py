@@ -14,7 +14,10 @@ import pytest
 from consumer import config
 from consumer.observe import Health, Metrics
 from consumer.worker import Worker
+from gr_devtools.kafka_local import create_topic
 from gr_devtools.simulator import Simulator
+from tests.support.events import encode, transaction
+from tests.support.kafka_io import produce
 
 API_KEY = "test-key-5f3a9c"
 
@@ -24,6 +27,45 @@ def simulator() -> Iterator[Simulator]:
     sim = Simulator(keys=[API_KEY], limit_per_window=None)
     with sim:
         yield sim
+
+
+LIMIT, WINDOW_S = 60, 10.0  # a rate-limited key's budget: 60 requests per 10 s
+
+
+@pytest.fixture
+def limited() -> Iterator[Simulator]:
+    """The simulator with a rate-limited key."""
+    with Simulator(keys=[API_KEY], limit_per_window=LIMIT, window_s=WINDOW_S) as sim:
+        yield sim
+
+
+def worker_env(bootstrap: str, topic: str, group: str, url: str, **extra: str) -> dict[str, str]:
+    """A worker's environment: the defaults but for the API's address and what is given."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "KAFKA_TOPICS": topic,
+        "KAFKA_GROUP_ID": group,
+        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
+        "GR_API_KEY": API_KEY,
+        "GR_BASE_URL": url,
+        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
+        "GR_HTTP_PORT": "0",
+    }
+    env.update(extra)
+    return env
+
+
+def backlog_settings(
+    bootstrap: str, topic: str, partitions: int, url: str, events: int
+) -> config.Settings:
+    """A backlog of `events` transactions spread over the topic's partitions, its DLQ
+    topic, and the settings of a worker of a group of its own reading it."""
+    create_topic(bootstrap, f"{topic}.dlq", 1)
+    produce(
+        bootstrap, topic, (encode(transaction(i)) for i in range(events)), partitions=partitions
+    )
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    return config.load(worker_env(bootstrap, topic, group, url, GR_SHUTDOWN_TIMEOUT_S="5"))
 
 
 SettingsFactory = Callable[..., config.Settings]

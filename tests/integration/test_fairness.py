@@ -5,29 +5,18 @@ partitions, 8 slots). Partitions once waited for the first eight to drain."""
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from consumer import config
-from gr_devtools.kafka_local import create_topic
 from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
-from tests.integration.conftest import API_KEY, RunningWorker, wait_for
-from tests.support.events import encode, seq_of, transaction
-from tests.support.kafka_io import produce
+from tests.integration.conftest import WINDOW_S, RunningWorker, backlog_settings, wait_for
+from tests.support.events import seq_of
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 12
-WINDOW_S = 10.0
-
-
-@pytest.fixture
-def limited() -> Iterator[Simulator]:
-    with Simulator(keys=[API_KEY], limit_per_window=60, window_s=WINDOW_S) as sim:
-        yield sim
 
 
 def test_every_partition_is_served_within_the_first_two_rate_limit_windows(
@@ -37,22 +26,8 @@ def test_every_partition_is_served_within_the_first_two_rate_limit_windows(
     start_worker: Callable[..., RunningWorker],
 ) -> None:
     topic = make_topic(partitions=PARTITIONS)
-    create_topic(bootstrap, f"{topic}.dlq", 1)
     n = 2000 * PARTITIONS  # 240 full requests: four windows of the key's budget
-    produce(bootstrap, topic, (encode(transaction(i)) for i in range(n)), partitions=PARTITIONS)
-    settings = config.load(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_TOPICS": topic,
-            "KAFKA_GROUP_ID": f"g-{uuid.uuid4().hex[:8]}",
-            "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
-            "GR_API_KEY": API_KEY,
-            "GR_BASE_URL": limited.url,
-            "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
-            "GR_HTTP_PORT": "0",
-            "GR_SHUTDOWN_TIMEOUT_S": "5",
-        }
-    )
+    settings = backlog_settings(bootstrap, topic, PARTITIONS, limited.url, n)
     rw = start_worker(settings)
     first: dict[int, float] = {}
 

@@ -4,28 +4,18 @@ request slots go instead of over the rest of the key's window."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from consumer import config
-from gr_devtools.kafka_local import create_topic
 from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
-from tests.integration.conftest import API_KEY, RunningWorker, wait_for
-from tests.support.events import encode, transaction
-from tests.support.kafka_io import committed, end_offsets, produce
+from tests.integration.conftest import RunningWorker, backlog_settings, wait_for
+from tests.support.kafka_io import committed, end_offsets
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 12
-
-
-@pytest.fixture
-def limited() -> Iterator[Simulator]:
-    with Simulator(keys=[API_KEY], limit_per_window=60, window_s=10.0) as sim:
-        yield sim
 
 
 def test_a_backlog_read_to_its_end_goes_without_the_pacers_spacing(
@@ -35,27 +25,14 @@ def test_a_backlog_read_to_its_end_goes_without_the_pacers_spacing(
     start_worker: Callable[..., RunningWorker],
 ) -> None:
     topic = make_topic(partitions=PARTITIONS)
-    create_topic(bootstrap, f"{topic}.dlq", 1)
     n = 150 * PARTITIONS  # 24 requests: a full batch and a half one per partition
-    produce(bootstrap, topic, (encode(transaction(i)) for i in range(n)), partitions=PARTITIONS)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    settings = config.load(
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_TOPICS": topic,
-            "KAFKA_GROUP_ID": group,
-            "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
-            "GR_API_KEY": API_KEY,
-            "GR_BASE_URL": limited.url,
-            "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
-            "GR_HTTP_PORT": "0",
-            "GR_SHUTDOWN_TIMEOUT_S": "5",
-        }
-    )
+    settings = backlog_settings(bootstrap, topic, PARTITIONS, limited.url, n)
     rw = start_worker(settings)
     ends = end_offsets(bootstrap, topic, PARTITIONS)
     wait_for(
-        lambda: committed(bootstrap, group, topic, PARTITIONS) == ends, 60, "the backlog committed"
+        lambda: committed(bootstrap, settings.group_id, topic, PARTITIONS) == ends,
+        60,
+        "the backlog committed",
     )
     assert rw.stop() == 0
     times = sorted(r.time for r in limited.records())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from gr_devtools.kafka_local import create_topic
 from gr_devtools.simulator import Simulator
 from tests.conftest import TopicFactory
-from tests.integration.conftest import API_KEY
+from tests.integration.conftest import LIMIT, WINDOW_S, worker_env
 from tests.support.events import encode, transaction
 from tests.support.kafka_io import committed, end_offsets, produce
 from tests.support.procs import spawn_worker, wait_until
@@ -22,13 +21,6 @@ from tests.support.procs import spawn_worker, wait_until
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 12
-LIMIT, WINDOW_S = 60, 10.0
-
-
-@pytest.fixture
-def limited() -> Iterator[Simulator]:
-    with Simulator(keys=[API_KEY], limit_per_window=LIMIT, window_s=WINDOW_S) as sim:
-        yield sim
 
 
 def test_after_a_scale_in_the_last_worker_takes_the_whole_key(
@@ -39,17 +31,7 @@ def test_after_a_scale_in_the_last_worker_takes_the_whole_key(
     n = 36_000  # 360 full requests: six windows of the key
     produce(bootstrap, topic, (encode(transaction(i)) for i in range(n)), partitions=PARTITIONS)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_TOPICS": topic,
-        "KAFKA_GROUP_ID": group,
-        "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
-        "GR_API_KEY": API_KEY,
-        "GR_BASE_URL": limited.url,
-        "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
-        "GR_HTTP_PORT": "0",
-        "GR_SHUTDOWN_TIMEOUT_S": "10",
-    }
+    env = worker_env(bootstrap, topic, group, limited.url, GR_SHUTDOWN_TIMEOUT_S="10")
     workers = [spawn_worker(env, tmp_path, f"w{i}") for i in range(3)]
     wait_until(lambda: limited.events_accepted() > 0, 60, "delivery under way")
     start = min(r.time for r in limited.records())

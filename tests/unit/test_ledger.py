@@ -459,3 +459,29 @@ def test_a_partition_held_at_the_run_ahead_bound_commits_without_waiting_the_int
     led.commit_result(P0, 20, True, 10.8)
     deliver_all(led, 10.9)
     assert led.commits_due(11.0) == [(P0, 40)]  # held again: at once
+
+
+def test_the_demand_is_known_only_with_every_partition_read_to_its_end() -> None:
+    """What the pacer may send at once: known only when nothing more is there to read (a
+    part-full batch sent early while more was coming would cost a request)."""
+    led = ledger(batch_max_events=10)
+    led.assigned([P0, P1], 0.0)
+    read(led, P0, list(range(25)))
+    read(led, P1, list(range(5)))
+    assert led.demand() is None  # nobody said where the partitions end
+    led.reached_end(P0, 25)
+    assert led.demand() is None  # P1's end not told yet
+    led.reached_end(P1, 5)
+    assert led.demand() == 3 + 1  # 25 events in three requests, 5 in one
+    led.parts[P1].fetch_paused = True
+    assert led.demand() is None  # paused: more may wait unread
+    led.parts[P1].fetch_paused = False
+    read(led, P1, [5, 6])  # records past the end told: more may come
+    assert led.demand() is None
+    led.reached_end(P1, 7)
+    assert led.demand() == 4
+    (job,) = led.next_jobs(1.0, True, 1)
+    assert job.key == P0
+    assert led.demand() == 3  # what is cut is the dispatcher's to count
+    led.revoked([P0], 1.0)
+    assert led.demand() == 1
