@@ -77,11 +77,11 @@ def split(
             ends = batch[cut:]
             del batch[cut:]
             if batch:
-                _partition(partition, batch, decode, now, owned, out)
+                _partition(partition, batch, decode, now, owned, out, any(map(_M_ERROR, batch)))
             for end in ends:
                 _end(end, owned, out)
         else:
-            _partition(partition, batch, decode, now, owned, out)
+            _partition(partition, batch, decode, now, owned, out, False)
     return out
 
 
@@ -92,10 +92,11 @@ def _partition(
     now: float,
     owned: Callable[[str, int], bool],
     out: Fetched,
+    errors: bool,
 ) -> None:
     """Consecutive records of one partition: one run, column-wise when it is clean."""
     topics = set(map(_M_TOPIC, batch))
-    if len(topics) != 1 or any(map(_M_ERROR, batch)):
+    if errors or len(topics) != 1:
         _by_record(batch, None, decode, now, owned, out)
         return
     (topic,) = topics

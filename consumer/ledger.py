@@ -439,18 +439,23 @@ class Ledger:
             return []
         jobs: list[DeliveryJob[Any]] = []
         turns = self._turns
+        visit: Iterable[TP] = turns
         while room > 0:
-            served = False
-            for tp in turns:
+            served: list[TP] = []
+            for tp in visit:
                 job = self._turn(self.parts[tp], now, flush)
                 if job is None:
                     continue
                 jobs.append(job)
                 turns.served(tp)
-                served = True
+                served.append(tp)
                 room -= 1
                 if room <= 0:
                     break
+            # a partition with nothing to give this round has nothing the next (the time is
+            # the same, and the others' requests change nothing of its own); those served
+            # are at the back of the rotation, in the order served
+            visit = served
             if not served:
                 break
         if jobs:

@@ -140,6 +140,7 @@ class Worker:
         self._stop_at: float | None = None
         self._next_sweep = 0.0
         self._budget_short_at = -1e9  # when the key's budget last held a request back
+        self._demand_told = False  # the pacer was last told a demand (not None)
         self._gauges: dict[TP, tuple[Any, Any, Any]] = {}
         self.stats = {
             "consumed": 0,
@@ -236,7 +237,10 @@ class Worker:
         if messages:
             self._ingest(messages, now)
         self._collect(now)
-        self._dispatch.set_demand(led.demand())
+        demand = led.demand()
+        if demand is not None or self._demand_told:
+            self._dispatch.set_demand(demand)
+            self._demand_told = demand is not None
         jobs = led.next_jobs(now, flush, self._request_limit(now), halted=self.health.halted)
         if jobs:
             self._dispatch.send(jobs)
