@@ -22,6 +22,7 @@ Clock = Callable[[], float]
 _MANY = 1 << 20  # "no bound": more slots than a worker has requests
 _IDLE_MAX = 24  # the longest stretch of the key's requests looked at for the others' use
 _FALSE_IDLE = 0.02  # how likely a stretch may be to look idle while the others are busy
+_SOON_S = 0.05  # "soon", for `slots_soon`: at least this long (a few loop turns)
 
 
 @functools.lru_cache(maxsize=256)
@@ -163,19 +164,22 @@ class Pacer:
             return slot - now
 
     def slots_soon(self) -> tuple[int, float]:
-        """How many slots fall within one spacing from now, and when (seconds) that count
-        next grows if it is 0. Claims nothing.
+        """How many slots fall within one spacing from now (50 ms at least), and when
+        (seconds) that count next grows if it is 0. Claims nothing.
 
         What a worker cuts into requests is what it can send this soon: a batch cut
         earlier waits for its slot while the events behind it could have filled it.
         One spacing ahead leaves one request cut and waiting for the slot after the one
-        free now, so the slot is taken on its own timer and none is lost to the loop."""
+        free now, so the slot is taken on its own timer and none is lost to the loop.
+        The floor is for a key whose spacing is shorter than a loop turn (a limit of a
+        billion a minute spaces requests 60 ns apart): one spacing there allowed two
+        requests a turn, and the worker forwarded half what it did without a limit."""
         with self._lock:
             now = self._mono()
             slot, interval = self._next(now)
             if interval <= 0.0:
                 return (_MANY, 0.0) if slot <= now else (0, slot - now)
-            ahead = now + interval - slot
+            ahead = now + max(interval, _SOON_S) - slot
             if ahead < 0:
                 return 0, -ahead
             return min(_MANY, 1 + int(ahead / interval)), 0.0
