@@ -139,6 +139,14 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
             next_kill = now + rng.uniform(5, 12)
     wall = time.monotonic() - started
     final_lag = _lag(bootstrap, group, topic, ends)
+    # which partitions stood still, should any: the group's offset against each end
+    standing = {
+        p: (mark, end)
+        for p, (mark, end) in enumerate(
+            zip(committed(bootstrap, group, topic, PARTITIONS), ends, strict=True)
+        )
+        if mark != end
+    }
     for w in workers:
         graceful_codes.append(w.terminate(60))
 
@@ -202,7 +210,7 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
         f"  duplicates by the last step before them: {dict(dupes_after.most_common(12))}"
     )
     logs = "\n".join(w.log()[-3000:] for w in retired + workers)
-    assert final_lag == 0, logs
+    assert final_lag == 0, f"partition: (committed, end) {standing}\n{logs}"
     assert lost == 0
     assert missing_or_wrong == 0
     assert valid_in_dlq == 0
