@@ -69,19 +69,17 @@ def split(
     out = Fetched()
     for partition, group in groupby(messages, _M_PARTITION):
         batch = list(group)
-        if any(map(_M_ERROR, batch)):
-            # a partition's end comes after its records: they stay a clean run
-            cut = len(batch)
-            while cut and _is_end(batch[cut - 1]):
-                cut -= 1
-            ends = batch[cut:]
+        # a partition's end comes after its records: they stay a clean run
+        cut = len(batch)
+        while cut and _is_end(batch[cut - 1]):
+            cut -= 1
+        ends = batch[cut:]
+        if ends:
             del batch[cut:]
-            if batch:
-                _partition(partition, batch, decode, now, owned, out, any(map(_M_ERROR, batch)))
-            for end in ends:
-                _end(end, owned, out)
-        else:
-            _partition(partition, batch, decode, now, owned, out, False)
+        if batch:
+            _partition(partition, batch, decode, now, owned, out, any(map(_M_ERROR, batch)))
+        for end in ends:
+            _take_end(end, owned, out)
     return out
 
 
@@ -122,11 +120,8 @@ def _is_end(msg: Message) -> bool:
     return err is not None and err.code() == _EOF
 
 
-def _end(msg: Message, owned: Callable[[str, int], bool], out: Fetched) -> bool:
-    """Take an end-of-partition event into `out.ends`; False for anything else."""
-    err = msg.error()
-    if err is None or err.code() != _EOF:
-        return False
+def _take_end(msg: Message, owned: Callable[[str, int], bool], out: Fetched) -> None:
+    """An end-of-partition event, into `out.ends` when the partition is ours."""
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     if (
         topic is not None
@@ -135,7 +130,6 @@ def _end(msg: Message, owned: Callable[[str, int], bool], out: Fetched) -> bool:
         and owned(topic, partition)
     ):
         out.ends.append((topic, partition, offset))
-    return True
 
 
 def _by_record(
@@ -154,7 +148,9 @@ def _by_record(
     for index, msg in enumerate(messages):
         err = msg.error()
         if err is not None:
-            if not _end(msg, owned, out):
+            if err.code() == _EOF:
+                _take_end(msg, owned, out)
+            else:
                 errors.append(err)
             continue
         topic, partition = msg.topic(), msg.partition()

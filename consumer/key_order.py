@@ -132,7 +132,7 @@ class KeyOrderBatcher(PartitionBatcher[Ref]):
             self._sessions -= len(free)
         return free
 
-    def _hold(self, now: float) -> bool:
+    def _wait_for_answers(self, now: float) -> bool:
         """Whether a part-full batch waits for the answers in flight: for one linger at
         most from when it first would have gone, again after each answer (a session
         request's answer frees its key's later events to join it; cut at once, the
@@ -194,7 +194,7 @@ class KeyOrderBatcher(PartitionBatcher[Ref]):
             scanned += 1
         if not taken:
             return None
-        if in_flight_holds and not full and not flush and self._hold(now):
+        if in_flight_holds and not full and not flush and self._wait_for_answers(now):
             return None
         self._wait_until = 0.0
         for _ in range(scanned):

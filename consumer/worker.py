@@ -300,8 +300,7 @@ class Worker:
             self.stats["consumed"] += n
 
     def _kafka_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._PARTITION_EOF:
-            return
+        """An error a fetch held (the ends of partitions are taken apart by `intake`)."""
         if err.fatal():
             raise WorkerFailedError(f"fatal kafka error: {err.str()}")
         log.warning("kafka error", extra={"error": err.str()})

@@ -74,22 +74,14 @@ SettingsFactory = Callable[..., config.Settings]
 @pytest.fixture
 def make_settings(bootstrap: str, simulator: Simulator) -> SettingsFactory:
     def factory(topic: str, **env: str) -> config.Settings:
-        base = {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_TOPICS": topic,
-            "KAFKA_GROUP_ID": f"grp-{uuid.uuid4().hex[:8]}",
-            "KAFKA_DLQ_TOPIC": f"{topic}.dlq",
-            "GR_API_KEY": API_KEY,
-            "GR_BASE_URL": simulator.url,
-            "GR_ALLOW_INSECURE_HTTP": "true",  # the local simulator speaks http
+        fast = {
             "GR_BATCH_LINGER_MS": "100",
-            "GR_HTTP_PORT": "0",
             "GR_RETRY_INITIAL_S": "0.05",
             "GR_RETRY_MAX_S": "0.5",
             "GR_SHUTDOWN_TIMEOUT_S": "10",
         }
-        base.update(env)
-        return config.load(base)
+        group = f"grp-{uuid.uuid4().hex[:8]}"
+        return config.load(worker_env(bootstrap, topic, group, simulator.url, **(fast | env)))
 
     return factory
 
