@@ -960,6 +960,23 @@ def test_slots_soon_on_a_key_spaced_finer_than_a_loop_turn_allows_every_request_
     assert p.slots_soon()[0] == 2
 
 
+@pytest.mark.parametrize("per_minute", [1000, 6000, 60_000, 600_000, 1_000_000_000])
+def test_slots_soon_never_holds_a_worker_below_what_its_key_allows_in_a_loop_turn(
+    per_minute: int,
+) -> None:
+    """The whole class: whatever the key's spacing, the slots counted soon cover 50 ms of
+    the key's pace (a loop turn or a few), and never fewer than the slot free now and the
+    next; a spacing of 50 ms or more (every key up to 1,200 a minute) counts as before."""
+    clock = FakeClock()
+    p = _pacer(clock)
+    p.observe(_rl(per_minute, per_minute, 60.0, clock))
+    spacing = 60.0 / per_minute
+    slots, _ = p.slots_soon()
+    assert slots >= max(2, min(1 << 20, int(0.05 / spacing)))
+    if spacing >= 0.05:
+        assert slots == 2
+
+
 def test_slots_soon_waits_for_the_next_window_when_the_budget_is_spent() -> None:
     clock = FakeClock()
     p = _pacer(clock, window=10.0)
