@@ -31,29 +31,39 @@ wants, so the machine's values are never touched.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
 import os
-import shlex
+import secrets
 import shutil
 import signal
 import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import urllib3
 
 from gr_devtools.kafka_local import free_port
 from tests.deploy.control_plane import ApiError, Binaries, ControlPlane, find_binaries, running
+from tests.deploy.machine_state import (
+    BRIDGE,
+    KUBELET_SYSCTLS,
+    NETNS_PREFIX,
+    OUTSIDE_PATHS,
+    MachineState,
+    kubepods_cgroups,
+    remove_iptables,
+    remove_nft_tables,
+    run_cmd,
+)
+from tests.deploy.node_claim import machine_claimed, sweep_leftovers, write_before, write_owned
 
-BRIDGE = "gr-node0"
 GATEWAY = "10.237.0.1"
 POD_CIDR = "10.237.0.0/24"
 SERVICE_CIDR = "10.238.0.0/16"
@@ -61,37 +71,6 @@ NODE_NAME = "gr-node"
 NETWORK_NAME = "gr-node"
 PAUSE_IMAGE = "localhost/gr-node/pause:1"
 CLUSTER_DOMAIN = "cluster.local"
-
-# The kernel settings a kubelet sets to its own values when it starts (unless
-# protectKernelDefaults, which makes it refuse to start instead).
-KUBELET_SYSCTLS = {
-    "vm/overcommit_memory": "1",
-    "vm/panic_on_oom": "0",
-    "kernel/panic": "10",
-    "kernel/panic_on_oops": "1",
-    "kernel/keys/root_maxkeys": "1000000",
-    "kernel/keys/root_maxbytes": "25000000",
-}
-# Settings a node could plausibly change; all must read the same after it.
-WATCHED_SYSCTLS = (
-    *KUBELET_SYSCTLS,
-    "net/ipv4/ip_forward",
-    "net/ipv4/conf/all/route_localnet",
-    "net/bridge/bridge-nf-call-iptables",
-    "net/netfilter/nf_conntrack_max",
-)
-# Paths outside the work directory a node may create.
-OUTSIDE_PATHS = (
-    Path("/run/containerd"),
-    Path("/run/netns"),
-    Path("/var/lib/kubelet"),
-    Path("/var/log/containers"),
-    Path("/var/log/pods"),
-    Path("/var/lib/cni"),
-    Path("/opt/cni"),
-    Path("/etc/cni"),
-)
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 @dataclass(frozen=True)
@@ -137,168 +116,6 @@ def find_node_binaries() -> NodeBinaries | None:
     if shutil.which("iptables") is None or not Path("/usr/lib/cni/bridge").exists():
         return None
     return found
-
-
-# ------------------------------------------------------------------ the machine
-
-
-def _run(*args: str, check: bool = True, timeout: float = 60) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-# What of iptables, the links and the mounts can be a node's: other work on the
-# machine (containers of other tests) is left out of the comparison.
-_RULE_MARKS = ("KUBE-", "CNI-", BRIDGE, "10.237.", "10.238.")
-
-
-def _iptables_rules() -> list[str]:
-    """The node's kind of rules and chains in every table of both families, no counters."""
-    rules = []
-    for family in ("iptables", "ip6tables"):
-        table = ""
-        for line in _run(f"{family}-save", check=False).splitlines():
-            if line.startswith("*"):
-                table = line[1:]
-            elif any(mark in line for mark in _RULE_MARKS):
-                entry = line.split(" [", 1)[0] if line.startswith(":") else line
-                rules.append(f"{family} {table} {entry}")
-    return sorted(rules)
-
-
-def _nft_tables() -> list[str]:
-    """nftables' tables (iptables-nft makes one per family and table on first use)."""
-    if shutil.which("nft") is None:
-        return []
-    return sorted(line for line in _run("nft", "list", "tables", check=False).splitlines() if line)
-
-
-def _remove_iptables(before: list[str]) -> None:
-    """Undo the node's rules and chains (kube-proxy's and the kubelet's KUBE-*, the CNI
-    plugins' CNI-*) that were not there before: rules first, then their chains."""
-    added = [r for r in _iptables_rules() if r not in set(before)]
-    for entry in added:
-        family, table, line = entry.split(" ", 2)
-        if line.startswith("-A "):
-            _run(family, "-t", table, "-D", *shlex.split(line[3:]), check=False)
-    for entry in added:
-        family, table, line = entry.split(" ", 2)
-        if line.startswith(":"):
-            chain = line[1:].split()[0]
-            _run(family, "-t", table, "-F", chain, check=False)
-    for entry in added:
-        family, table, line = entry.split(" ", 2)
-        if line.startswith(":"):
-            _run(family, "-t", table, "-X", line[1:].split()[0], check=False)
-
-
-def _remove_nft_tables(before: list[str]) -> None:
-    """The tables iptables-nft made for the node, once empty of rules."""
-    for line in _nft_tables():
-        if line in before:
-            continue
-        _, family, name = line.split()
-        listing = _run("nft", "list", "table", family, name, check=False)
-        rules = [
-            line
-            for line in (raw.strip() for raw in listing.splitlines())
-            if line and not line.startswith(("table ", "chain ", "type ", "}"))
-        ]
-        if not rules:
-            _run("nft", "delete", "table", family, name, check=False)
-
-
-# containerd names the pods' network namespaces cni-*; others (podman's netns-*)
-# live in the same directory and are not the node's.
-NETNS_DIR = Path("/run/netns")
-NETNS_PREFIX = "/run/netns/cni-"
-
-
-def _node_mount(point: str, prefixes: tuple[Path, ...]) -> bool:
-    if point == str(NETNS_DIR) or point.startswith(f"{NETNS_DIR}/"):
-        return point.startswith(NETNS_PREFIX)  # podman bind-mounts the directory itself
-    return any(point == str(p) or point.startswith(f"{p}/") for p in prefixes)
-
-
-def _mounts(prefixes: tuple[Path, ...]) -> list[str]:
-    lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    points = []
-    for line in lines:
-        root, point = line.split()[3:5]
-        if _node_mount(point, prefixes):
-            points.append(f"{point} (root {root})")
-    return sorted(points)
-
-
-def _cgroups() -> list[str]:
-    found = []
-    for controller in sorted(CGROUP_ROOT.iterdir()) if CGROUP_ROOT.exists() else []:
-        kubepods = controller / "kubepods"
-        if kubepods.is_dir():
-            found += [str(p) for p in sorted(kubepods.rglob("*")) if p.is_dir()]
-            found.append(str(kubepods))
-    return found
-
-
-@dataclass
-class MachineState:
-    """What a node may change outside its own directory, read at one moment."""
-
-    links: list[str]
-    iptables: list[str]
-    nft_tables: list[str]
-    mounts: list[str]
-    sysctls: dict[str, str]
-    paths: dict[str, bool]
-    cgroups: list[str]
-    processes: list[str] = field(default_factory=list)
-
-    @classmethod
-    def read(cls, own_dirs: tuple[Path, ...] = (), pids: list[int] | None = None) -> MachineState:
-        links = sorted(
-            name
-            for line in _run("ip", "-br", "link").splitlines()
-            if line.strip()
-            and ((name := line.split()[0].split("@")[0]) == BRIDGE or name.startswith("veth"))
-        )
-        sysctls = {}
-        for key in WATCHED_SYSCTLS:
-            path = Path("/proc/sys") / key
-            sysctls[key] = path.read_text().strip() if path.exists() else "(absent)"
-        alive = []
-        for pid in pids or []:
-            with contextlib.suppress(OSError):
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                alive.append(f"{pid} {cmd[:120]}")
-        return cls(
-            links=links,
-            iptables=_iptables_rules(),
-            nft_tables=_nft_tables(),
-            mounts=_mounts((*own_dirs, *OUTSIDE_PATHS)),
-            sysctls=sysctls,
-            paths={str(p): p.exists() for p in OUTSIDE_PATHS},
-            cgroups=_cgroups(),
-            processes=alive,
-        )
-
-    def differences(self, after: MachineState) -> list[str]:
-        out = []
-        for name in ("links", "iptables", "nft_tables", "mounts", "cgroups"):
-            before_set, after_set = set(getattr(self, name)), set(getattr(after, name))
-            for item in sorted(after_set - before_set):
-                out.append(f"{name}: left behind: {item}")
-            for item in sorted(before_set - after_set):
-                out.append(f"{name}: gone: {item}")
-        for key, value in self.sysctls.items():
-            if after.sysctls.get(key) != value:
-                out.append(f"sysctl {key}: {value} before, {after.sysctls.get(key)} after")
-        for path, existed in self.paths.items():
-            if after.paths.get(path) != existed:
-                out.append(f"{path}: {'existed' if existed else 'absent'} before, not after")
-        out += [f"process still running: {p}" for p in after.processes]
-        return out
 
 
 # ---------------------------------------------------------------- images
@@ -358,13 +175,16 @@ class Node:
         self.bins = node
         self.workdir = workdir
         # Short paths: unix sockets are limited to 108 bytes.
-        self.run_dir = Path(f"/run/gr-node-{os.getpid()}")
+        # Never a dead node's (a pid comes round again): that one is swept at start.
+        self.run_dir = Path(f"/run/gr-node-{os.getpid()}-{secrets.token_hex(3)}")
         self.sock = self.run_dir / "containerd.sock"
         self.plane: ControlPlane | None = None
         self.before: MachineState | None = None
         self.procs: list[Proc] = []
         self._stack = contextlib.ExitStack()
-        self._lock: IO[str] | None = None
+        self._claim = contextlib.ExitStack()
+        self.swept: list[str] = []
+        self._bridge_made = False
         self._created: list[Path] = []
         self._closed = False
         self.kubeconfig = Path()
@@ -412,7 +232,7 @@ class Node:
             time.sleep(0.3)
 
     def ctr(self, *args: str, timeout: float = 300) -> str:
-        return _run(str(self.bins.ctr), "--address", str(self.sock), "-n", "k8s.io", *args,
+        return run_cmd(str(self.bins.ctr), "--address", str(self.sock), "-n", "k8s.io", *args,
                     timeout=timeout)  # fmt: skip
 
     def kubectl(self, *args: str, timeout: float = 120, check: bool = True) -> str:
@@ -434,18 +254,20 @@ class Node:
     def start(self) -> Node:
         started = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # One node per machine at a time: the bridge, kube-proxy's chains and the
-        # kubelet's fixed paths are machine-wide.
-        lock_dir = (
-            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gr-s2s-consumer"
-        )
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = (lock_dir / "node.lock").open("w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        # One node per machine at a time (tests/deploy/node_claim.py); what a node that
+        # died without close() left is taken away before the machine's state is read.
+        self._claim.enter_context(machine_claimed())
+        try:
+            self.swept = sweep_leftovers(BRIDGE, self.run_dir, self.bins.kube_proxy)
+            self.own(self.workdir)
+        except BaseException:
+            self._claim.close()
+            raise
         self.before = self.machine_state()
         for path in OUTSIDE_PATHS:
             if not path.exists():
                 self._created.append(path)
+        write_before(self.run_dir, self.before, self._created)
         try:
             self._bridge()
             self.plane = self._stack.enter_context(
@@ -470,12 +292,18 @@ class Node:
         self.started_s = time.monotonic() - started
         return self
 
+    def own(self, *dirs: Path) -> None:
+        """Directories the node's processes (or the broker beside it) run in or name:
+        if this process dies without close(), the next node finds them by these."""
+        write_owned(self.run_dir, list(dirs))
+
     def _bridge(self) -> None:
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             raise NodeError(f"the bridge {BRIDGE} exists already: another node, or a leftover")
-        _run("ip", "link", "add", BRIDGE, "type", "bridge")
-        _run("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
-        _run("ip", "link", "set", BRIDGE, "up")
+        run_cmd("ip", "link", "add", BRIDGE, "type", "bridge")
+        self._bridge_made = True
+        run_cmd("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
+        run_cmd("ip", "link", "set", BRIDGE, "up")
 
     @staticmethod
     def _apiserver_args() -> tuple[str, ...]:
@@ -574,7 +402,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         node's containerd under `names`, as a registry pull would have."""
         archive = self.workdir / f"image-{hashlib.sha256(source.encode()).hexdigest()[:12]}.tar"
         if not archive.exists():
-            _run("buildah", "push", "--quiet", source, f"docker-archive:{archive}:{names[0]}",
+            run_cmd("buildah", "push", "--quiet", source, f"docker-archive:{archive}:{names[0]}",
                  timeout=600)  # fmt: skip
         self.ctr("images", "import", str(archive))
         first = _normalise(names[0])
@@ -691,8 +519,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         # The kubelet's root must be a shared mount, so that what the kubelet mounts
         # there (Secret volumes) reaches containerd; made so here, in the machine's
         # mount namespace, before the kubelet starts in its own.
-        _run("mount", "--bind", str(root), str(root))
-        _run("mount", "--make-rshared", str(root))
+        run_cmd("mount", "--bind", str(root), str(root))
+        run_cmd("mount", "--make-rshared", str(root))
         fake = self.workdir / "kernel-settings"
         fake.mkdir(exist_ok=True)
         binds = []
@@ -831,23 +659,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             for pid in self._shim_pids():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            _run(str(self.bins.kube_proxy), "--cleanup", check=False)
+            run_cmd(str(self.bins.kube_proxy), "--cleanup", check=False)
             if self.before is not None:
-                _remove_iptables(self.before.iptables)
-                _remove_nft_tables(self.before.nft_tables)
+                remove_iptables(self.before.iptables)
+                remove_nft_tables(self.before.nft_tables)
         finally:
             self._stack.close()  # the control plane
             self._unmount_under((self.workdir, self.run_dir))
-            if Path(f"/sys/class/net/{BRIDGE}").exists():
-                _run("ip", "link", "del", BRIDGE, check=False)
+            if self._bridge_made and Path(f"/sys/class/net/{BRIDGE}").exists():
+                run_cmd("ip", "link", "del", BRIDGE, check=False)
             self._remove_cgroups()
             for path in self._created:
                 if path.exists():
                     shutil.rmtree(path, ignore_errors=True)
             shutil.rmtree(self.run_dir, ignore_errors=True)
-            if self._lock is not None:
-                fcntl.flock(self._lock, fcntl.LOCK_UN)
-                self._lock.close()
+            self._claim.close()
 
     def _unmount_under(self, roots: tuple[Path, ...]) -> None:
         """What is still mounted in the node's directories, and the pods' network
@@ -866,11 +692,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             if not points:
                 return
             for point in sorted(points, key=len, reverse=True):
-                _run("umount", "-l", point, check=False)
+                run_cmd("umount", "-l", point, check=False)
 
     def _remove_cgroups(self) -> None:
         before = set(self.before.cgroups) if self.before else set()
-        for path in sorted(_cgroups(), key=len, reverse=True):
+        for path in sorted(kubepods_cgroups(), key=len, reverse=True):
             if path not in before:
                 with contextlib.suppress(OSError):
                     Path(path).rmdir()

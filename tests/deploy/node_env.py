@@ -360,9 +360,12 @@ def node_env(workdir: Path, helm: Path, image: str) -> Iterator[NodeEnv]:
     t0 = time.monotonic()
     node = Node(binaries, node_bins, workdir / "node").start()
     timings["node start"] = node.started_s
+    if node.swept:
+        report(f"[node] took away what a dead node left: {'; '.join(node.swept)}")
     env: NodeEnv | None = None
     try:
         t = time.monotonic()
+        node.own(workdir / "kafka")
         kafka = start_pod_kafka(workdir / "kafka")
         timings["broker"] = time.monotonic() - t
         env = NodeEnv(node, kafka, helm, image, workdir, timings)
