@@ -17,29 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.deploy.conftest import need_a_node
 from tests.deploy.machine_state import BRIDGE, MachineState
-from tests.deploy.node import NodeBinaries, find_node_binaries, node_running
+from tests.deploy.node import find_node_binaries, node_running
 from tests.deploy.node_claim import machine_claimed, sweep_leftovers
 from tests.deploy.node_env import report
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _need_a_node() -> NodeBinaries:
-    bins = find_node_binaries()
-    problem = None
-    if bins is None:
-        problem = "no node: run scripts/k8s-tools.sh (kubelet, containerd, CoreDNS, ...)"
-    elif os.geteuid() != 0:
-        problem = "a node needs root (bridges, mounts, iptables)"
-    if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(problem + " (CI is set, so a missing node is a failure)")
-        pytest.skip(problem)
-    assert bins is not None
-    return bins
 
 
 def _wait_ready(child: subprocess.Popen[str], timeout_s: float) -> None:
@@ -61,7 +47,9 @@ def _wait_ready(child: subprocess.Popen[str], timeout_s: float) -> None:
 
 @pytest.mark.timeout(600)
 def test_a_node_killed_without_its_close_is_swept_by_the_next(tmp_path: Path) -> None:
-    bins = _need_a_node()
+    need_a_node(image_needed=False)
+    bins = find_node_binaries()
+    assert bins is not None
     dead_dir, next_dir = tmp_path / "dead", tmp_path / "next"
     own = (dead_dir, next_dir)
     # Whatever earlier dead nodes left is swept first (the killed node's start would
