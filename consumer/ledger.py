@@ -58,6 +58,11 @@ UNCOMMITTED = "uncommitted"
 DRAINING = "draining"
 # a commit unanswered for this long counts as refused: delivery holds
 COMMIT_ANSWER_S = 1.0
+# How often the group's committed offsets are compared with what the worker had
+# confirmed. Kafka applies commits in the order they arrive, and librdkafka retries
+# a commit (the coordinator loading or moving, a connection lost) after later ones
+# went: an older offset can land last and stay, the worker believing the newer.
+VERIFY_EVERY_S = 30.0
 
 _OFFSET = itemgetter(0)  # Item.offset, read in C
 
@@ -123,6 +128,8 @@ class Part:
     commit_failing: bool = False
     awaiting_since: float = -1.0
     last_progress: float = 0.0  # a commit confirmed (or the assignment)
+    # when the group's committed offset is next compared with the one confirmed
+    verify_at: float = 0.0
     # since when it has had work and neither moved nor waited on something outside the
     # worker (the API, the key, the DLQ, the coordinator): what liveness judges
     stuck_since: float = 0.0
@@ -240,6 +247,7 @@ class Ledger:
                 now,
                 last_progress=now,
                 stuck_since=now,
+                verify_at=now + VERIFY_EVERY_S,
             )
             self.parts[tp] = part
             self._turns.add(tp)
@@ -712,6 +720,9 @@ class Ledger:
                 part.commit_sent = -1
             if offset >= 0:
                 before = part.offsets.committed
+                if before is not None and offset < before:
+                    # answered after a newer one: it may have been applied after it too
+                    part.verify_at = now
                 part.offsets.mark_committed(offset)
                 if before is None or offset > before:
                     part.last_progress = now
@@ -721,6 +732,47 @@ class Ledger:
             self._dirty[tp] = None
         if UNCOMMITTED in part.reasons:
             self._hold(part, now)
+
+    def to_verify(self, now: float) -> list[TP]:
+        """Partitions whose group offset is due a comparison with the one confirmed:
+        only with a confirmation to compare and no commit of theirs unanswered."""
+        return [
+            tp
+            for tp, part in self.parts.items()
+            if now >= part.verify_at
+            and part.offsets.committed is not None
+            and part.commit_sent < 0
+            and part.awaiting_since < 0
+            and not part.commit_failing
+        ]
+
+    def verified(self, tp: TP, group: int | None, now: float) -> int | None:
+        """The group's committed offset, read now. Returns the offset confirmed before
+        when the group stands behind it (then that commit is due again), else None."""
+        part = self.parts.get(tp)
+        if part is None:
+            return None
+        part.verify_at = now + VERIFY_EVERY_S
+        confirmed = part.offsets.committed
+        if confirmed is None or part.commit_sent >= 0:
+            return None
+        if group is not None and group >= confirmed:
+            return None
+        part.offsets.group_went_back(group)
+        self._dirty[tp] = None
+        return confirmed
+
+    def verify_all(self, now: float) -> None:
+        """Every partition is due a comparison now (the stop's last commit)."""
+        for part in self.parts.values():
+            part.verify_at = now
+
+    def verify_later(self, tps: Iterable[TP], now: float, after_s: float) -> None:
+        """The group could not be asked: ask again in a while, not every sweep."""
+        for tp in tps:
+            part = self.parts.get(tp)
+            if part is not None:
+                part.verify_at = now + after_s
 
     def sweep(self, now: float, waiting_outside: Callable[[Part], bool] | None = None) -> None:
         """Once a second: commits sent long ago without an answer are due again; a

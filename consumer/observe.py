@@ -75,7 +75,13 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
-        self.commits = Counter("gr_commits", "Offset commits by result", ["result"], registry=r)
+        self.commits = Counter(
+            "gr_commits",
+            "Offset commits by result: ok, error, repaired (the group stood behind a "
+            "confirmed commit, which went again)",
+            ["result"],
+            registry=r,
+        )
         self.rate_limit_limit = Gauge(
             "gr_rate_limit_limit",
             "X-RateLimit-Limit last seen: the key's requests per window",

@@ -47,6 +47,8 @@ _REVOKE_WAIT_S = 15.0
 _REVOKE_COMMIT_S = 5.0  # after the wait, for the revoke's commit to be confirmed
 _COMMIT_QUESTION_S = 0.5  # the longest wait for one answer about the group's offsets
 _SWEEP_S = 1.0
+_VERIFY_QUERY_S = 1.0  # the longest the loop waits for the group's offsets to compare
+_VERIFY_RETRY_S = 5.0
 # the least left of the stop's budget worth a commit after the DLQ's last flush: half of
 # it waits for the answer, which a coordinator gives in milliseconds
 _LAST_COMMIT_MIN_S = 0.2
@@ -253,6 +255,7 @@ class Worker:
             self._commit_async(consumer, commits)
         if now >= self._next_sweep:
             self._sweep(now)
+            self._verify_commits(consumer, now)
         self.health.beat()
 
     def _request_limit(self, now: float) -> int:
@@ -412,6 +415,36 @@ class Worker:
         for tp in found:
             if tp.error is None:
                 self._ledger.group_offset((tp.topic, tp.partition), tp.offset)
+
+    def _verify_commits(
+        self, consumer: Any, now: float, timeout_s: float = _VERIFY_QUERY_S
+    ) -> None:
+        """Compare the group's committed offsets with those confirmed (`Ledger.to_verify`):
+        where the group stands behind, an older commit landed last; commit again."""
+        led = self._ledger
+        tps = led.to_verify(now)
+        if not tps:
+            return
+        try:
+            found = consumer.committed([TopicPartition(*tp) for tp in tps], timeout_s)
+        except KafkaException:
+            led.verify_later(tps, now, _VERIFY_RETRY_S)  # the coordinator away: later
+            return
+        behind = []
+        for t in found:
+            if t.error is not None:
+                led.verify_later([(t.topic, t.partition)], now, _VERIFY_RETRY_S)
+                continue
+            group = t.offset if t.offset >= 0 else None
+            confirmed = led.verified((t.topic, t.partition), group, now)
+            if confirmed is not None:
+                behind.append(f"{t.topic}:{t.partition} at {t.offset}, not {confirmed}")
+        if behind:
+            self.metrics.commits.labels("repaired").inc(len(behind))
+            log.warning(
+                "the group's committed offset stood behind one confirmed; committing again",
+                extra={"partitions": behind},
+            )
 
     def _commit_async(self, consumer: Any, targets: list[tuple[TP, int]]) -> None:
         try:
@@ -777,7 +810,20 @@ class Worker:
         """Commit what is finished and wait for the answer until `deadline`, not longer
         (a synchronous commit would wait for an absent coordinator for as long as it takes)."""
         led = self._ledger
-        while led.uncommitted() and self._now() < deadline:
+        checks = 0
+        while self._now() < deadline:
+            if not led.uncommitted():
+                # all confirmed: does the group hold it? (an older commit retried by
+                # librdkafka may have been applied after the last one; twice at most)
+                if checks == 2:
+                    break
+                checks += 1
+                led.verify_all(self._now())
+                self._verify_commits(
+                    consumer, self._now(), max(0.01, min(_VERIFY_QUERY_S, deadline - self._now()))
+                )
+                if not led.uncommitted():
+                    break
             commits = led.commits_due(self._now())
             if commits:
                 self._commit_async(consumer, commits)

@@ -11,12 +11,15 @@ gracefully stopped workers (0). `GR_FAULT_SCALE=full` runs it at 200,000 events.
 from __future__ import annotations
 
 import random
+import re
 import time
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from gr_devtools import samples
 from gr_devtools.kafka_local import LocalKafka, create_topic
@@ -37,6 +40,44 @@ def _lag(bootstrap: str, group: str, topic: str, ends: list[int]) -> int:
     except Exception:  # noqa: BLE001  # the broker may be restarting
         return -1
     return sum(end - max(mark, 0) for end, mark in zip(ends, marks, strict=True))
+
+
+def _diagnose(
+    bootstrap: str, group: str, standing: dict[int, tuple[int, int]], workers: list[WorkerProc]
+) -> str:
+    """Who the group says owns each partition short of its end, and what each live
+    worker's metrics say of it: enough to tell a partition never fetched from one whose
+    commits are lost or one no member owns."""
+    lines = []
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        desc = admin.describe_consumer_groups([group])[group].result(15)
+        for m in desc.members:
+            owned = sorted(tp.partition for tp in m.assignment.topic_partitions)
+            lines.append(f"member {m.client_id} {m.member_id[-8:]}: partitions {owned}")
+    except Exception as exc:  # noqa: BLE001  # a diagnosis only
+        lines.append(f"group description failed: {exc}")
+    wanted = [f'partition="{p}"' for p in standing]
+    for i, w in enumerate(workers):
+        port = re.search(r'"ops endpoints listening","port":(\d+)', w.log())
+        if port is None:
+            continue
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError as exc:
+            lines.append(f"worker {i}: metrics unread: {exc}")
+            continue
+        picked = [
+            line for line in text.splitlines()
+            if not line.startswith("#") and (
+                any(want in line for want in wanted)
+                or line.startswith(("gr_partitions_", "gr_fetch_restarts", "gr_commits",
+                                    "gr_rebalances"))
+            )
+        ]  # fmt: skip
+        lines.append(f"worker {i} (pid {w.proc.pid}):\n  " + "\n  ".join(picked))
+    return "\n".join(lines)
 
 
 def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
@@ -147,6 +188,7 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
         )
         if mark != end
     }
+    diagnosis = _diagnose(bootstrap, group, standing, workers) if standing else ""
     for w in workers:
         graceful_codes.append(w.terminate(60))
 
@@ -210,7 +252,7 @@ def test_chaos(fault_broker: LocalKafka, tmp_path: Path) -> None:
         f"  duplicates by the last step before them: {dict(dupes_after.most_common(12))}"
     )
     logs = "\n".join(w.log()[-3000:] for w in retired + workers)
-    assert final_lag == 0, f"partition: (committed, end) {standing}\n{logs}"
+    assert final_lag == 0, f"partition: (committed, end) {standing}\n{diagnosis}\n{logs}"
     assert lost == 0
     assert missing_or_wrong == 0
     assert valid_in_dlq == 0

@@ -117,6 +117,7 @@ class SimConsumer:
         self.paused: set[int] = set()
         self._answers: list[tuple[KafkaError | None, list[TopicPartition]]] = []
         self._commit_queue: deque[tuple[list[TopicPartition], int, bool]] = deque()
+        self._coordinator_was_away = False
         self._pumping = False
         # (revoke, assign, lost) waiting to be delivered inside the next consume
         self._rebalances: list[tuple[list[int], list[int], bool]] = []
@@ -369,7 +370,8 @@ class SimConsumer:
             return None  # never answered
         refused = rng.random() < cluster.commit_refuse_rate
         # one connection to the coordinator: commits are answered in the order sent,
-        # those that waited for a coordinator before the ones sent after it came back
+        # those that waited for a coordinator before the ones sent after it came back,
+        # but the first of those, retried, last (`_pump_commits`)
         self._commit_queue.append((done, generation, refused))
         if not self._pumping:
             self._pumping = True
@@ -384,8 +386,15 @@ class SimConsumer:
             return
         if not cluster.coordinator_up:
             # as librdkafka: the requests wait for a coordinator, then go
+            self._coordinator_was_away = True
             self.world.after(0.1, self._pump_commits)
             return
+        if self._coordinator_was_away and len(self._commit_queue) > 1:
+            # as librdkafka: the commit on the wire when the coordinator went (or the
+            # first to meet it loading its offsets) is retried behind the ones queued
+            # since, so an older offset is applied, and answered, last
+            self._commit_queue.append(self._commit_queue.popleft())
+        self._coordinator_was_away = False
         while self._commit_queue:
             done, generation, refused = self._commit_queue.popleft()
             if refused or (cluster.generation != generation and not self._still_owned(done)):

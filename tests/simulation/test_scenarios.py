@@ -268,3 +268,33 @@ def test_a_backlog_read_to_its_end_goes_at_once_within_the_workers_part(others: 
     # the share is told after 8 of the key's requests; the 16 left go together
     assert sent[-1] - sent[8] < 0.5, [round(t, 2) for t in sent]
     assert sent[-1] < 3.0
+
+
+def test_an_older_commit_applied_last_after_the_coordinator_returns_is_committed_again() -> None:
+    """While the coordinator is away, commits queue up (a new one when the last went
+    unanswered for 2 s). When it returns, librdkafka retries the one that was on the wire
+    behind the others: the group ends at the older offset while the worker has confirmed
+    the newer. With nothing left to deliver, nothing would ever commit again: the group's
+    offset stood behind for good (the worker drained, its lag never 0). The worker
+    compares the group's offsets with those it confirmed and commits again."""
+    env = base_env(GR_BATCH_LINGER_MS="0", GR_BATCH_MAX_EVENTS="20")
+    rig = Rig.make(1, env, 1, latency=(0.3, 0.6))
+    for o in range(40):  # two batches: the second finishes while the first commit waits
+        rig.add(valid(0, o), 0.0)
+    went_back: list[tuple[float, int]] = []
+    applied = rig.checker.commit_applied
+    highest = [-1]
+
+    def watch_applied(partition: int, offset: int) -> None:
+        if offset < highest[0]:
+            went_back.append((rig.world.now, offset))
+        highest[0] = max(highest[0], offset)
+        applied(partition, offset)
+
+    rig.checker.commit_applied = watch_applied  # type: ignore[method-assign]
+    rig.world.at(0.2, lambda: setattr(rig.cluster, "coordinator_up", False))
+    rig.world.at(5.0, lambda: setattr(rig.cluster, "coordinator_up", True))
+    rig.life(last=True)
+    rig.checker.final(rig.cluster)
+    assert went_back, "the scenario did not apply an older commit last"
+    assert rig.world.now - went_back[-1][0] < 40, rig.world.now

@@ -485,3 +485,47 @@ def test_the_demand_is_known_only_with_every_partition_read_to_its_end() -> None
     assert led.demand() == 3  # what is cut is the dispatcher's to count
     led.revoked([P0], 1.0)
     assert led.demand() == 1
+
+
+def test_an_older_commit_answered_last_has_the_group_compared_and_committed_again() -> None:
+    """Two commits out (the first unanswered for a while); the older is answered last, so
+    the group may hold it. The partition is compared with the group at once; where the
+    group stands behind the offset confirmed, that offset is due again."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(10)))
+    deliver_all(led)
+    assert led.commits_due(1.0) == [(P0, 10)]
+    read(led, P0, list(range(10, 20)))
+    deliver_all(led)
+    led.sweep(3.5)  # unanswered past 2 s: due again, with what is committable now
+    assert led.commits_due(3.5) == [(P0, 20)]
+    assert led.to_verify(3.6) == []  # commits out: nothing to compare yet
+    led.commit_result(P0, 20, True, 4.0)
+    assert led.to_verify(4.0) == []  # answered in order: not due before its interval
+    led.commit_result(P0, 10, True, 4.1)  # the older, retried, applied last
+    assert led.uncommitted() == []  # what the worker believes
+    assert led.to_verify(4.2) == [P0]
+    assert led.verified(P0, 10, 4.2) == 20
+    assert led.uncommitted() == [(P0, 20)]
+    assert led.commits_due(4.3) == [(P0, 20)]
+    led.commit_result(P0, 20, True, 4.4)
+    assert led.to_verify(4.5) == []
+    assert led.to_verify(4.2 + 30.0) == [P0]  # and every 30 s in any case
+    assert led.verified(P0, 20, 34.2) is None  # the group holds it: nothing to do
+    assert led.uncommitted() == []
+
+
+def test_a_group_offset_gone_entirely_is_committed_again() -> None:
+    """No offset at all for the group (expired by the broker's retention, say): the
+    offset confirmed is committed again rather than left for a restart to miss."""
+    led = ledger()
+    led.assigned([P0], 0.0)
+    read(led, P0, list(range(5)))
+    deliver_all(led)
+    assert led.commits_due(1.0) == [(P0, 5)]
+    led.commit_result(P0, 5, True, 1.1)
+    assert led.to_verify(20.0) == []
+    assert led.to_verify(30.0) == [P0]
+    assert led.verified(P0, None, 30.0) == 5
+    assert led.commits_due(30.1) == [(P0, 5)]
