@@ -754,9 +754,7 @@ class Ledger:
             return None
         part.verify_at = now + VERIFY_EVERY_S
         confirmed = part.offsets.committed
-        if confirmed is None or part.commit_sent >= 0:
-            return None
-        if group is not None and group >= confirmed:
+        if confirmed is None or (group is not None and group >= confirmed):
             return None
         part.offsets.group_went_back(group)
         self._dirty[tp] = None

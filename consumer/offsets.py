@@ -97,9 +97,8 @@ class PartitionOffsets:
 
     def group_went_back(self, offset: int | None) -> None:
         """The group holds less than was confirmed (an older commit applied after a
-        newer one, or expired): what is committable is due again."""
-        if offset is None or self._committed is None or offset < self._committed:
-            self._committed = offset
+        newer one, or expired): what is committable is due again. The one way back."""
+        self._committed = offset
 
     def start_at(self, first: int, committed: int | None) -> None:
         """Count everything below `first` as finished, before anything was read.

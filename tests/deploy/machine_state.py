@@ -11,6 +11,7 @@ import contextlib
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,9 +126,9 @@ NETNS_PREFIX = "/run/netns/cni-"
 
 
 def is_node_mount(point: str, prefixes: tuple[Path, ...]) -> bool:
-    if point == str(NETNS_DIR) or point.startswith(f"{NETNS_DIR}/"):
+    if under(point, (NETNS_DIR,)):
         return point.startswith(NETNS_PREFIX)  # podman bind-mounts the directory itself
-    return any(point == str(p) or point.startswith(f"{p}/") for p in prefixes)
+    return under(point, prefixes)
 
 
 def node_mounts(prefixes: tuple[Path, ...]) -> list[str]:
@@ -148,6 +149,41 @@ def kubepods_cgroups() -> list[str]:
             found += [str(p) for p in sorted(kubepods.rglob("*")) if p.is_dir()]
             found.append(str(kubepods))
     return found
+
+
+def under(path: str, roots: Iterable[Path]) -> bool:
+    """`path` is one of `roots` or inside one."""
+    return any(path == str(r) or path.startswith(f"{r}/") for r in roots)
+
+
+def unmount_where(wanted: Callable[[str, str], bool]) -> int:
+    """Lazily unmount every mount point `wanted(point, root)` picks, deepest first, in
+    up to three rounds (an unmount can uncover one below it). Returns how many went."""
+    count = 0
+    for _ in range(3):
+        points = []
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            root, point = line.split()[3:5]
+            if wanted(point, root):
+                points.append(point)
+        if not points:
+            break
+        for point in sorted(points, key=len, reverse=True):
+            umount = subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+            count += umount.returncode == 0
+    return count
+
+
+def remove_kubepods_cgroups(keep: set[str]) -> int:
+    """The `kubepods` cgroups, deepest first, but those in `keep`; a cgroup with a
+    process left in it stays. Returns how many went."""
+    removed = 0
+    for path in sorted(kubepods_cgroups(), key=len, reverse=True):
+        if path not in keep:
+            with contextlib.suppress(OSError):
+                Path(path).rmdir()
+                removed += 1
+    return removed
 
 
 @dataclass

@@ -57,10 +57,12 @@ from tests.deploy.machine_state import (
     NETNS_PREFIX,
     OUTSIDE_PATHS,
     MachineState,
-    kubepods_cgroups,
     remove_iptables,
+    remove_kubepods_cgroups,
     remove_nft_tables,
     run_cmd,
+    under,
+    unmount_where,
 )
 from tests.deploy.node_claim import machine_claimed, sweep_leftovers, write_before, write_owned
 
@@ -679,27 +681,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         """What is still mounted in the node's directories, and the pods' network
         namespaces it made (never a mount that was there before it started)."""
         before = set(self.before.mounts) if self.before else set()
-        for _ in range(3):
-            points = []
-            for line in Path("/proc/self/mountinfo").read_text().splitlines():
-                root, point = line.split()[3:5]
-                if f"{point} (root {root})" in before:
-                    continue
-                if point.startswith(NETNS_PREFIX) or any(
-                    point == str(r) or point.startswith(f"{r}/") for r in roots
-                ):
-                    points.append(point)
-            if not points:
-                return
-            for point in sorted(points, key=len, reverse=True):
-                run_cmd("umount", "-l", point, check=False)
+        unmount_where(
+            lambda point, root: (
+                f"{point} (root {root})" not in before
+                and (point.startswith(NETNS_PREFIX) or under(point, roots))
+            )
+        )
 
     def _remove_cgroups(self) -> None:
-        before = set(self.before.cgroups) if self.before else set()
-        for path in sorted(kubepods_cgroups(), key=len, reverse=True):
-            if path not in before:
-                with contextlib.suppress(OSError):
-                    Path(path).rmdir()
+        remove_kubepods_cgroups(set(self.before.cgroups) if self.before else set())
 
 
 def _normalise(name: str) -> str:

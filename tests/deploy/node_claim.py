@@ -31,11 +31,15 @@ from pathlib import Path
 import orjson
 
 from tests.deploy.machine_state import (
+    CGROUP_ROOT,
     NETNS_PREFIX,
     MachineState,
     iptables_rules,
     remove_iptables,
+    remove_kubepods_cgroups,
     remove_nft_tables,
+    under,
+    unmount_where,
 )
 
 RUN_PREFIX = "gr-node-"
@@ -43,7 +47,6 @@ RUN_ROOT = Path("/run")
 OWNED_FILE = "owned-dirs"
 BEFORE_FILE = "machine-before.json"
 SOCKET_NAME = b"\0gr-s2s-consumer-node"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class ClaimError(RuntimeError):
@@ -131,7 +134,7 @@ def sweep_leftovers(bridge: str, own_run_dir: Path, kube_proxy: Path | None) -> 
     pods = 0 if _running("kubelet") else _kill_pod_processes()
     if pods:
         found.append(f"{pods} processes of a dead node's pods")
-    unmounted = _unmount_under(dirs) if dirs else 0
+    unmounted = unmount_where(lambda point, _root: under(point, dirs)) if dirs else 0
     # The pods' network namespaces (containerd names them cni-*): with no containerd
     # left running, nobody's but a dead node's.
     if not _running("containerd"):
@@ -160,13 +163,15 @@ def sweep_leftovers(bridge: str, own_run_dir: Path, kube_proxy: Path | None) -> 
                 shutil.rmtree(path, ignore_errors=True)
                 found.append(f"{path}, which a dead node made")
     if not _running("kubelet"):
-        empty = _remove_empty_kubepods()
+        empty = remove_kubepods_cgroups(set())
         if empty:
             found.append(f"{empty} empty kubepods cgroups")
     return found
 
 
-def _under(value: str, dirs: list[Path]) -> bool:
+def _names(value: str, dirs: list[Path]) -> bool:
+    """`value` (a working directory, an argument like --root-dir=...) is or names a path
+    in one of `dirs`."""
     return any(value == str(d) or str(d) + "/" in value for d in dirs)
 
 
@@ -184,7 +189,7 @@ def _kill_under(dirs: list[Path]) -> list[str]:
                 cwd = os.readlink(proc / "cwd")
                 args = [a.decode(errors="replace")
                         for a in (proc / "cmdline").read_bytes().split(b"\0") if a]  # fmt: skip
-                if args and (_under(cwd, dirs) or any(_under(a, dirs) for a in args)):
+                if args and (_names(cwd, dirs) or any(_names(a, dirs) for a in args)):
                     os.kill(int(proc.name), signal.SIGKILL)
                     round_.append(int(proc.name))
                     killed.append(f"{proc.name} {Path(args[0]).name}")
@@ -211,66 +216,43 @@ def _wait_gone(pids: list[int], timeout_s: float = 10) -> None:
     while time.monotonic() < deadline:
         alive = []
         for pid in pids:
-            with contextlib.suppress(OSError):
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split() or ["?"]
-                if state[0] != "Z":
-                    alive.append(pid)
+            found = _name_and_state(Path(f"/proc/{pid}"))
+            if found is not None and found[1] != "Z":
+                alive.append(pid)
         if not alive:
             return
         time.sleep(0.1)
 
 
-def _unmount_under(dirs: list[Path]) -> int:
-    count = 0
-    for _ in range(3):
-        points = [
-            point
-            for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if _under(point := line.split()[4], dirs)
-        ]
-        if not points:
-            break
-        for point in sorted(points, key=len, reverse=True):
-            if subprocess.run(["umount", "-l", point], capture_output=True,
-                              check=False).returncode == 0:  # fmt: skip
-                count += 1
-    return count
-
-
 def _unmount_netns() -> int:
-    count = 0
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4]
+    """The pods' network namespaces, their files too."""
+    points: list[str] = []
+
+    def netns(point: str, _root: str) -> bool:
         if point.startswith(NETNS_PREFIX):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-            Path(point).unlink(missing_ok=True)
-            count += 1
+            points.append(point)
+            return True
+        return False
+
+    count = unmount_where(netns)
+    for point in points:
+        Path(point).unlink(missing_ok=True)
     return count
 
 
-def _remove_empty_kubepods() -> int:
-    removed = 0
-    for controller in sorted(CGROUP_ROOT.iterdir()) if CGROUP_ROOT.exists() else []:
-        kubepods = controller / "kubepods"
-        if not kubepods.is_dir():
-            continue
-        for path in sorted((p for p in kubepods.rglob("*") if p.is_dir()),
-                           key=lambda p: len(p.parts), reverse=True):  # fmt: skip
-            with contextlib.suppress(OSError):
-                path.rmdir()
-                removed += 1
-        with contextlib.suppress(OSError):
-            kubepods.rmdir()
-            removed += 1
-    return removed
+def _name_and_state(proc: Path) -> tuple[str, str] | None:
+    """A process's name and state letter (Z: a zombie), from /proc/<pid>/stat."""
+    try:
+        name, rest = (proc / "stat").read_text().rsplit(")", 1)
+        return name.split("(", 1)[1], rest.split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def _running(comm: str) -> bool:
     """A live process of that name (a process killed a moment ago may still be a zombie)."""
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                name, state = (proc / "stat").read_text().rsplit(")", 1)
-                if name.split("(", 1)[1] == comm and state.split()[0] != "Z":
-                    return True
+        found = _name_and_state(proc) if proc.name.isdigit() else None
+        if found is not None and found[0] == comm and found[1] != "Z":
+            return True
     return False
